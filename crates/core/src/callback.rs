@@ -1,0 +1,468 @@
+//! What a caller asks for, validated once at the edge ([`CallbackSpec`]), and what is stored
+//! ([`Callback`]).
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::id::CallbackId;
+use crate::status::Status;
+use crate::tenant::TenantId;
+
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_METADATA: usize = 32;
+/// Scheduled callbacks may be months ahead, not forever: a year bounds what retention must keep.
+pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Post,
+    Put,
+    Patch,
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+impl FromStr for Method {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "POST" => Ok(Method::Post),
+            "PUT" => Ok(Method::Put),
+            "PATCH" => Ok(Method::Patch),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The request body as it goes on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Compact JSON, sent with `Content-Type: application/json`.
+    Json(Vec<u8>),
+    /// Caller-supplied bytes with their content type.
+    Raw {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
+    Empty,
+}
+
+impl Payload {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Json(b) => b,
+            Payload::Raw { bytes, .. } => bytes,
+            Payload::Empty => &[],
+        }
+    }
+
+    pub fn content_type(&self) -> Option<&str> {
+        match self {
+            Payload::Json(_) => Some("application/json"),
+            Payload::Raw { content_type, .. } => Some(content_type),
+            Payload::Empty => None,
+        }
+    }
+}
+
+/// The scheme, host and port a callback is sent to: the unit of per-destination limits,
+/// circuit breaking and health.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination(String);
+
+impl Destination {
+    pub fn of(url: &Url) -> Self {
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(0);
+        Self(format!("{}://{}:{}", url.scheme(), host, port))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Unvalidated input, as decoded from a request.
+#[derive(Clone, Debug, Default)]
+pub struct NewCallback {
+    pub url: String,
+    pub method: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Option<serde_json::Value>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+    pub deliver_at: Option<DateTime<Utc>>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A validated callback request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackSpec {
+    pub url: Url,
+    pub method: Method,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Payload,
+    pub deliver_at: Option<DateTime<Utc>>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `url` or `items[3].headers.Host`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+/// Headers fluxcb sets itself or that would let a caller smuggle a second request.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+impl NewCallback {
+    pub fn validate(self, now: DateTime<Utc>) -> Result<CallbackSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let url = match validate_url(&self.url) {
+            Ok(u) => Some(u),
+            Err(msg) => {
+                errors.push(FieldError::new("url", msg));
+                None
+            }
+        };
+        let method = match self.method.as_deref() {
+            None => Method::Post,
+            Some(m) => m.parse().unwrap_or_else(|_| {
+                errors.push(FieldError::new(
+                    "method",
+                    "method must be one of POST, PUT, PATCH",
+                ));
+                Method::Post
+            }),
+        };
+        if self.headers.len() > MAX_HEADERS {
+            errors.push(FieldError::new(
+                "headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            if !is_token(name) {
+                errors.push(FieldError::new(field, "not a valid HTTP header name"));
+            } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                errors.push(FieldError::new(
+                    field,
+                    "this header is set by fluxcb and cannot be overridden",
+                ));
+            } else if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                errors.push(FieldError::new(
+                    field,
+                    "header values may not contain control characters",
+                ));
+            }
+        }
+        let payload = match (self.payload, self.body) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    "body",
+                    "give either `payload` (JSON) or `body` (a string), not both",
+                ));
+                Payload::Empty
+            }
+            (Some(json), None) => {
+                if self.content_type.is_some() {
+                    errors.push(FieldError::new(
+                        "content_type",
+                        "`content_type` goes with `body`; `payload` is always sent as application/json",
+                    ));
+                }
+                Payload::Json(serde_json::to_vec(&json).expect("a Value always serialises"))
+            }
+            (None, Some(body)) => {
+                let content_type = self
+                    .content_type
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
+                if content_type.bytes().any(|b| b < 0x20 || b == 0x7f) || content_type.is_empty() {
+                    errors.push(FieldError::new("content_type", "not a valid content type"));
+                }
+                Payload::Raw {
+                    content_type,
+                    bytes: body.into_bytes(),
+                }
+            }
+            (None, None) => Payload::Empty,
+        };
+        if let Some(at) = self.deliver_at {
+            if at > now + Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
+                errors.push(FieldError::new(
+                    "deliver_at",
+                    format!("may be at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"),
+                ));
+            }
+        }
+        if let Some(n) = self.max_attempts {
+            if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) {
+                errors.push(FieldError::new(
+                    "max_attempts",
+                    format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+                ));
+            }
+        }
+        if let Some(ms) = self.timeout_ms {
+            if !(100..=MAX_TIMEOUT_MS).contains(&ms) {
+                errors.push(FieldError::new(
+                    "timeout_ms",
+                    format!("must be between 100 and {MAX_TIMEOUT_MS}"),
+                ));
+            }
+        }
+        if self.metadata.len() > MAX_METADATA {
+            errors.push(FieldError::new(
+                "metadata",
+                format!("at most {MAX_METADATA} tags"),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            if k.is_empty() || k.len() > 64 || v.len() > 256 {
+                errors.push(FieldError::new(
+                    format!("metadata.{k}"),
+                    "tag names are 1-64 bytes and values at most 256 bytes",
+                ));
+            }
+        }
+        match (errors.is_empty(), url) {
+            (true, Some(url)) => Ok(CallbackSpec {
+                url,
+                method,
+                headers: self.headers,
+                payload,
+                deliver_at: self.deliver_at,
+                max_attempts: self.max_attempts,
+                timeout_ms: self.timeout_ms,
+                metadata: self.metadata,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Ingest-time URL rules. Whether the target's address is allowed is decided at send time, on
+/// the address actually dialled (see [`crate::target`]), because DNS can change in between.
+pub fn validate_url(raw: &str) -> Result<Url, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("URL is longer than {MAX_URL_LEN} characters"));
+    }
+    let url = Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err("only http and https URLs can be called".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("URLs may not carry credentials; put them in a header".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("URL has no host".to_owned());
+    }
+    Ok(url)
+}
+
+/// A stored callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callback {
+    pub id: CallbackId,
+    pub tenant: TenantId,
+    pub spec: CallbackSpec,
+    pub status: Status,
+    /// Attempts made so far (the first one included).
+    pub attempts_made: u32,
+    /// Resolved at ingest: the callback's own value or the installation default.
+    pub max_attempts: u32,
+    pub timeout_ms: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Name of the API key that created it.
+    pub created_by: String,
+    pub last_error: Option<String>,
+}
+
+impl Callback {
+    pub fn destination(&self) -> Destination {
+        Destination::of(&self.spec.url)
+    }
+
+    /// Builds the stored form of a freshly accepted callback.
+    pub fn accept(
+        id: CallbackId,
+        tenant: TenantId,
+        spec: CallbackSpec,
+        defaults: &CallbackDefaults,
+        created_by: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let (status, due) = match spec.deliver_at {
+            Some(at) if at > now => (Status::Scheduled, at),
+            _ => (Status::Pending, now),
+        };
+        Self {
+            id,
+            tenant,
+            max_attempts: spec.max_attempts.unwrap_or(defaults.max_attempts),
+            timeout_ms: spec.timeout_ms.unwrap_or(defaults.timeout_ms),
+            spec,
+            status,
+            attempts_made: 0,
+            next_attempt_at: Some(due),
+            created_at: now,
+            updated_at: now,
+            created_by,
+            last_error: None,
+        }
+    }
+}
+
+/// Installation-wide values for what a callback leaves unset.
+#[derive(Clone, Debug)]
+pub struct CallbackDefaults {
+    pub max_attempts: u32,
+    pub timeout_ms: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(url: &str) -> NewCallback {
+        NewCallback {
+            url: url.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_the_field_named() {
+        let now = Utc::now();
+        for bad in [
+            "ftp://example.com/",
+            "http://user:pw@example.com/",
+            "not a url",
+            "file:///etc/passwd",
+        ] {
+            let errs = input(bad).validate(now).unwrap_err();
+            assert_eq!(errs[0].field, "url", "{bad}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert!(input(&long).validate(now).is_err());
+        assert!(input("https://example.com/hook?a=1").validate(now).is_ok());
+    }
+
+    #[test]
+    fn reserved_headers_and_conflicting_bodies_are_refused() {
+        let now = Utc::now();
+        let mut cb = input("https://example.com/");
+        cb.headers.insert("Host".into(), "evil".into());
+        cb.headers.insert("X-Ok".into(), "fine".into());
+        cb.payload = Some(serde_json::json!({"a": 1}));
+        cb.body = Some("raw".into());
+        let errs = cb.validate(now).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["headers.Host", "body"]);
+    }
+
+    #[test]
+    fn json_payload_is_sent_compact() {
+        let mut cb = input("https://example.com/");
+        cb.payload = Some(serde_json::json!({"a": [1, 2], "b": "x"}));
+        let spec = cb.validate(Utc::now()).unwrap();
+        assert_eq!(spec.payload.bytes(), br#"{"a":[1,2],"b":"x"}"#);
+        assert_eq!(spec.payload.content_type(), Some("application/json"));
+    }
+
+    #[test]
+    fn future_deliver_at_makes_it_scheduled() {
+        let now = Utc::now();
+        let mut cb = input("https://example.com/");
+        cb.deliver_at = Some(now + Duration::hours(2));
+        let spec = cb.validate(now).unwrap();
+        let defaults = CallbackDefaults {
+            max_attempts: 5,
+            timeout_ms: 15_000,
+        };
+        let stored = Callback::accept(
+            CallbackId::generate(),
+            TenantId::default_tenant(),
+            spec,
+            &defaults,
+            "k".into(),
+            now,
+        );
+        assert_eq!(stored.status, Status::Scheduled);
+        assert_eq!(stored.max_attempts, 5);
+    }
+
+    #[test]
+    fn destination_includes_default_port() {
+        let url = Url::parse("https://Example.com/x").unwrap();
+        assert_eq!(Destination::of(&url).as_str(), "https://example.com:443");
+    }
+}

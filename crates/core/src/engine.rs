@@ -1,0 +1,99 @@
+//! The one-step delivery shared by every deployment: the local dispatcher calls it for each
+//! claimed callback, the Lambda SQS consumer for each message.
+use std::time::{Duration, Instant};
+
+use crate::attempt::{Attempt, SendOutcome};
+use crate::callback::Callback;
+use crate::ports::{CallbackStore, Clock, OutboundRequest, Sender, StoreError};
+use crate::retry::{Decision, RetryPolicy};
+use crate::signing::{signature_header, SigningSecret};
+
+pub const USER_AGENT: &str = concat!("fluxcb/", env!("CARGO_PKG_VERSION"));
+
+/// The request for one attempt: the caller's headers, then ours (which callers cannot set).
+pub fn build_request(
+    callback: &Callback,
+    secrets: &[SigningSecret],
+    timestamp: i64,
+) -> OutboundRequest {
+    let id = callback.id.to_string();
+    let body = callback.spec.payload.bytes().to_vec();
+    let mut headers: Vec<(String, String)> = callback
+        .spec
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(ct) = callback.spec.payload.content_type() {
+        headers.push(("content-type".into(), ct.to_owned()));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        headers.push(("user-agent".into(), USER_AGENT.into()));
+    }
+    headers.push(("webhook-id".into(), id.clone()));
+    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+    if !secrets.is_empty() {
+        headers.push((
+            "webhook-signature".into(),
+            signature_header(secrets, &id, timestamp, &body),
+        ));
+    }
+    OutboundRequest {
+        url: callback.spec.url.clone(),
+        method: callback.spec.method,
+        headers,
+        body,
+        timeout: Duration::from_millis(callback.timeout_ms.into()),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    pub attempt: Attempt,
+    pub decision: Decision,
+}
+
+/// Sends one attempt of a claimed callback and decides what follows. Does not persist.
+pub async fn attempt_delivery(
+    callback: &Callback,
+    sender: &dyn Sender,
+    secrets: &[SigningSecret],
+    policy: &RetryPolicy,
+    clock: &dyn Clock,
+) -> StepOutcome {
+    let started_at = clock.now();
+    let request = build_request(callback, secrets, started_at.timestamp());
+    let timer = Instant::now();
+    let mut outcome: SendOutcome = sender.send(request).await;
+    if outcome.duration.is_zero() {
+        outcome.duration = timer.elapsed();
+    }
+    let number = callback.attempts_made + 1;
+    let attempt = Attempt::from_outcome(number, started_at, &outcome);
+    let decision = policy.decide(number, callback.max_attempts, &outcome, clock.now());
+    StepOutcome { attempt, decision }
+}
+
+/// [`attempt_delivery`], then records the attempt and its transition in the store.
+pub async fn deliver_and_record(
+    callback: &Callback,
+    store: &dyn CallbackStore,
+    sender: &dyn Sender,
+    secrets: &[SigningSecret],
+    policy: &RetryPolicy,
+    clock: &dyn Clock,
+) -> Result<StepOutcome, StoreError> {
+    let step = attempt_delivery(callback, sender, secrets, policy, clock).await;
+    store
+        .record_attempt(
+            &callback.id,
+            step.attempt.clone(),
+            step.decision,
+            clock.now(),
+        )
+        .await?;
+    Ok(step)
+}

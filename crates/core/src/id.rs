@@ -1,0 +1,82 @@
+//! Prefixed, time-sortable identifiers.
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+const CALLBACK_PREFIX: &str = "cb_";
+
+/// `cb_<ULID>`: sortable by creation time, which list pagination relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CallbackId(Ulid);
+
+impl CallbackId {
+    pub fn generate() -> Self {
+        Self(Ulid::new())
+    }
+
+    pub fn from_ulid(ulid: Ulid) -> Self {
+        Self(ulid)
+    }
+
+    pub fn ulid(&self) -> Ulid {
+        self.0
+    }
+}
+
+impl fmt::Display for CallbackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{CALLBACK_PREFIX}{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a callback id (expected cb_ followed by a 26-character ULID)")]
+pub struct InvalidId(pub String);
+
+impl FromStr for CallbackId {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix(CALLBACK_PREFIX)
+            .and_then(|rest| Ulid::from_string(rest).ok())
+            .map(Self)
+            .ok_or_else(|| InvalidId(s.chars().take(64).collect()))
+    }
+}
+
+impl TryFrom<String> for CallbackId {
+    type Error = InvalidId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CallbackId> for String {
+    fn from(id: CallbackId) -> Self {
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        let id = CallbackId::generate();
+        let text = id.to_string();
+        assert!(text.starts_with("cb_") && text.len() == 29, "{text}");
+        assert_eq!(text.parse::<CallbackId>().unwrap(), id);
+    }
+
+    #[test]
+    fn rejects_other_prefixes_and_garbage() {
+        assert!("msg_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+            .parse::<CallbackId>()
+            .is_err());
+        assert!("cb_nope".parse::<CallbackId>().is_err());
+        assert!("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<CallbackId>().is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The callback domain, shared by every deployment of fluxcb.
+//!
+//! # Layout
+//! - [`id`], [`tenant`]: typed identifiers (`cb_<ULID>`, tenant names).
+//! - [`callback`]: what a caller asks for (validated [`callback::CallbackSpec`]) and what is stored
+//!   ([`callback::Callback`]).
+//! - [`status`]: the delivery state machine; a [`status::Transition`] can only name legal moves.
+//! - [`attempt`]: one delivery attempt and its outcome as data with stable error codes.
+//! - [`retry`]: the retry policy (schedule, jitter, `Retry-After`, 410).
+//! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
+//! - [`target`]: which IP addresses a delivery may dial (the SSRF policy).
+//! - [`ports`]: the traits adapters implement (stores, sender, clock).
+//! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
+//! - [`message`]: versioned queue messages for queue-backed deployments.
+//!
+//! Nothing here performs I/O or needs a runtime: adapters live in their own crates.
+
+pub mod attempt;
+pub mod auth;
+pub mod callback;
+pub mod engine;
+pub mod event;
+pub mod id;
+pub mod message;
+pub mod ports;
+pub mod retry;
+pub mod signing;
+pub mod status;
+pub mod target;
+pub mod tenant;

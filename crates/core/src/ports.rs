@@ -1,0 +1,238 @@
+//! The interfaces adapters implement. They are shaped so that both an embedded SQL store and
+//! DynamoDB + SQS fit: every state change is a transition applied conditionally on the current
+//! state, ingest is one atomic write of callbacks plus their idempotency record, and claiming
+//! takes a lease so a crashed worker's callbacks come back by themselves.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use url::Url;
+
+use crate::attempt::{Attempt, SendOutcome};
+use crate::auth::{ApiKey, Role};
+use crate::callback::{Callback, Method};
+use crate::event::Event;
+use crate::id::CallbackId;
+use crate::retry::Decision;
+use crate::signing::SigningSecret;
+use crate::status::Status;
+use crate::tenant::{Scope, TenantId};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Transient overload (locked database, full queue). Callers answer 503 with `Retry-After`.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// The store cannot accept writes right now (disk full, read-only). Also a 503.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// Stored with the callbacks it created, so a repeated request gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// Hash of what makes two requests "the same": method, path and body.
+    pub fingerprint: String,
+    pub response_status: u16,
+    pub response_body: Vec<u8>,
+}
+
+pub struct IngestBatch {
+    pub tenant: TenantId,
+    pub callbacks: Vec<Callback>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum IngestResult {
+    /// Durably committed.
+    Accepted,
+    /// The key was used before with the same request: here is the original answer.
+    Replayed { status: u16, body: Vec<u8> },
+    /// The key was used before with a different request.
+    KeyReused,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    /// Exact host name of the target URL.
+    pub host: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// `metadata[key] == value`.
+    pub metadata: Option<(String, String)>,
+    /// Admin only: narrow to one tenant.
+    pub tenant: Option<TenantId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PageRequest {
+    /// Return items strictly older than this id (newest first).
+    pub cursor: Option<CallbackId>,
+    pub limit: u32,
+}
+
+pub struct CallbackPage {
+    pub items: Vec<Callback>,
+    pub next_cursor: Option<CallbackId>,
+}
+
+pub struct CallbackDetail {
+    pub callback: Callback,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug)]
+pub enum ActionResult {
+    Done(Box<Callback>),
+    NotFound,
+    /// The callback is in a state the action cannot start from.
+    WrongState(Status),
+}
+
+#[async_trait]
+pub trait CallbackStore: Send + Sync + 'static {
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError>;
+    async fn get(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+    ) -> Result<Option<CallbackDetail>, StoreError>;
+    async fn list(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+        page: &PageRequest,
+    ) -> Result<CallbackPage, StoreError>;
+    async fn events(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+    ) -> Result<Option<Vec<Event>>, StoreError>;
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+        actor: &str,
+    ) -> Result<ActionResult, StoreError>;
+    async fn retry(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+        actor: &str,
+    ) -> Result<ActionResult, StoreError>;
+    /// Moves every failed callback matching the filter back to pending; returns how many moved.
+    async fn redrive(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+        actor: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` due callbacks of one tenant, oldest due first, leasing them until
+    /// `lease_until`.
+    async fn claim_due(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Callback>, StoreError>;
+    /// Tenants that have callbacks due at `now`, so the dispatcher can take turns between them.
+    async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError>;
+    /// The earliest `next_attempt_at` among waiting callbacks.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Records an attempt and applies the transition its decision calls for.
+    async fn record_attempt(
+        &self,
+        id: &CallbackId,
+        attempt: Attempt,
+        decision: Decision,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Returns claimed callbacks to pending without counting an attempt.
+    async fn defer(&self, items: Vec<(CallbackId, DateTime<Utc>)>) -> Result<(), StoreError>;
+    /// Returns to pending every delivering callback whose lease ended before `now`
+    /// (all of them when `now` is far in the future: used at start-up).
+    async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes finished callbacks last updated before `before`, and idempotency records older
+    /// than `idempotency_before`, at most `limit` callbacks per call.
+    async fn purge(
+        &self,
+        before: DateTime<Utc>,
+        idempotency_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// Succeeds when the store can take writes.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+    async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError>;
+}
+
+pub struct NewApiKey {
+    pub name: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    pub hash: String,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    async fn find_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn create_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError>;
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Revokes by id or name; false when no live key matched.
+    async fn revoke_key(&self, id_or_name: &str) -> Result<bool, StoreError>;
+    async fn has_admin_key(&self) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Secrets that sign right now, newest first.
+    async fn active_secrets(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SigningSecret>, StoreError>;
+    /// Adds a secret; the ones already active keep signing until `retire_old_at`.
+    async fn add_secret(
+        &self,
+        tenant: &TenantId,
+        secret: &SigningSecret,
+        retire_old_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A request ready to go on the wire.
+#[derive(Clone, Debug)]
+pub struct OutboundRequest {
+    pub url: Url,
+    pub method: Method,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+pub trait Sender: Send + Sync + 'static {
+    /// Never fails: every way an attempt can go wrong is part of the outcome.
+    async fn send(&self, request: OutboundRequest) -> SendOutcome;
+}
+
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

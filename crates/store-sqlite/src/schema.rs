@@ -1,0 +1,130 @@
+//! The schema, versioned with `PRAGMA user_version` and migrated forward at open. A store
+//! written by a newer fluxcb is refused rather than guessed at.
+use rusqlite::Connection;
+
+use crate::error::OpenError;
+
+/// Each entry moves the schema from version `index` to `index + 1`. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tenants (
+    name        TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE callbacks (
+    id              TEXT NOT NULL UNIQUE,
+    tenant          TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    host            TEXT NOT NULL,
+    method          TEXT NOT NULL,
+    headers         TEXT NOT NULL,
+    body_kind       TEXT NOT NULL,
+    content_type    TEXT,
+    body            BLOB NOT NULL,
+    deliver_at      INTEGER,
+    next_attempt_at INTEGER,
+    lease_until     INTEGER,
+    attempts_made   INTEGER NOT NULL,
+    max_attempts    INTEGER NOT NULL,
+    attempt_budget  INTEGER NOT NULL,
+    max_attempts_override INTEGER,
+    timeout_ms      INTEGER NOT NULL,
+    timeout_override INTEGER,
+    metadata        TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    created_by      TEXT NOT NULL,
+    last_error      TEXT
+);
+-- Claiming: per tenant, oldest due first. Partial, so finished callbacks cost nothing here.
+CREATE INDEX callbacks_due ON callbacks (tenant, next_attempt_at)
+    WHERE status IN ('scheduled', 'pending');
+CREATE INDEX callbacks_leased ON callbacks (lease_until) WHERE status = 'delivering';
+CREATE INDEX callbacks_finished ON callbacks (updated_at)
+    WHERE status IN ('delivered', 'failed', 'cancelled');
+CREATE INDEX callbacks_by_tenant ON callbacks (tenant, id);
+CREATE INDEX callbacks_by_status ON callbacks (status, id);
+CREATE INDEX callbacks_by_tenant_status ON callbacks (tenant, status, id);
+
+CREATE TABLE attempts (
+    callback_id      TEXT NOT NULL,
+    number           INTEGER NOT NULL,
+    started_at       INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    status_code      INTEGER,
+    error            TEXT,
+    error_detail     TEXT,
+    response_headers TEXT NOT NULL,
+    response_body    TEXT
+);
+CREATE INDEX attempts_by_callback ON attempts (callback_id);
+
+CREATE TABLE events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    callback_id  TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    actor        TEXT,
+    from_status  TEXT,
+    to_status    TEXT,
+    detail       TEXT NOT NULL
+);
+CREATE INDEX events_by_callback ON events (callback_id, seq);
+
+CREATE TABLE idempotency (
+    tenant      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status      INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_age ON idempotency (created_at);
+
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    tenant      TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE signing_secrets (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant      TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    retire_at   INTEGER
+);
+CREATE INDEX signing_secrets_by_tenant ON signing_secrets (tenant, id);
+
+-- Written by readiness checks: proves the disk takes writes right now.
+CREATE TABLE heartbeat (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    at  INTEGER NOT NULL
+);
+"#];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), OpenError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "migrated the store schema");
+    }
+    Ok(())
+}
