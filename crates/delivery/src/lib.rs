@@ -1,1 +1,17 @@
+//! Sending callbacks and running deliveries.
+//!
+//! - [`connector`], [`sender`]: the HTTP client. The connector checks every address it dials
+//!   against the SSRF policy, after DNS, so no spelling of a private address and no DNS answer
+//!   can get a request through.
+//! - [`destinations`]: per-destination concurrency limits and circuit breakers.
+//! - [`dispatcher`]: claims due callbacks tenant by tenant and runs the engine's one-step
+//!   delivery for each, under a global in-flight cap.
+//! - [`maintenance`]: lease recovery and retention.
+//! - [`secrets`]: a short-lived cache of each tenant's signing secrets.
 
+pub mod connector;
+pub mod destinations;
+pub mod dispatcher;
+pub mod maintenance;
+pub mod secrets;
+pub mod sender;

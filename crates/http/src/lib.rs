@@ -1,1 +1,88 @@
+//! The HTTP API as one axum [`Router`] built from [`AppState`]: `fluxcb serve` serves it with
+//! `axum::serve`, and the Lambda API function will serve the same router through `lambda_http`.
+//!
+//! Each feature module owns its routes; handlers stay short and call the domain through the
+//! ports in [`AppState`]. Errors become RFC 7807 problems in [`error`] only.
 
+mod admin;
+pub mod auth;
+mod callbacks;
+pub mod dto;
+pub mod error;
+mod extract;
+mod health;
+mod ingest;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, SecretStore};
+
+pub use ingest::InFlightKeys;
+
+#[derive(Clone, Debug)]
+pub struct ApiLimits {
+    /// Body limit of every endpoint but batch ingest.
+    pub body_bytes: usize,
+    pub batch_body_bytes: usize,
+    pub batch_items: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 256 * 1024,
+            batch_body_bytes: 4 * 1024 * 1024,
+            batch_items: 1000,
+        }
+    }
+}
+
+/// Called after callbacks are durably accepted (the local server wakes its dispatcher).
+pub type OnAccepted = Arc<dyn Fn(&[CallbackId]) + Send + Sync>;
+
+/// Everything the handlers need, shared by clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppParts>);
+
+pub struct AppParts {
+    pub callbacks: Arc<dyn CallbackStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub clock: Arc<dyn Clock>,
+    pub defaults: CallbackDefaults,
+    pub limits: ApiLimits,
+    pub on_accepted: OnAccepted,
+    pub key_cache: auth::KeyCache,
+    pub in_flight: InFlightKeys,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(ingest::router(&state.limits))
+        .merge(callbacks::router())
+        .merge(admin::router())
+        .merge(openapi::router())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.body_bytes,
+        ))
+        .layer(axum::Extension(extract::BodyLimit(state.limits.body_bytes)))
+        .with_state(state)
+}

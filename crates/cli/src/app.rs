@@ -1,0 +1,240 @@
+//! The composition root of `fluxcb serve`: opens the store, makes sure an admin key and a
+//! signing secret exist, and runs the HTTP API, the dispatcher and maintenance until shutdown.
+//! Tests build it on port 0 with a temporary data directory.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use fluxcb_core::auth::{PlainKey, Role};
+use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, NewApiKey, SecretStore, SystemClock};
+use fluxcb_core::target::TargetPolicy;
+use fluxcb_core::tenant::TenantId;
+use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
+use fluxcb_delivery::dispatcher::{DeliveryParts, Dispatcher, DispatcherConfig};
+use fluxcb_delivery::maintenance::{self, Retention};
+use fluxcb_delivery::secrets::SecretCache;
+use fluxcb_delivery::sender::{HttpSender, SenderConfig};
+use fluxcb_http::{ApiLimits, AppParts, AppState};
+use fluxcb_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+const CONFIGURED_ADMIN: &str = "configured-admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] fluxcb_store_sqlite::OpenError),
+    #[error("store: {0}")]
+    StoreOp(#[from] fluxcb_core::ports::StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    Sender(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    dispatcher: Dispatcher,
+    store: SqliteStore,
+    clock: Arc<dyn Clock>,
+    retention: Retention,
+    /// Set when this start generated the admin key: shown once, never stored in clear.
+    pub generated_admin_key: Option<String>,
+}
+
+impl App {
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let store = SqliteStore::open(&settings.data_dir)?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // A single process owns the embedded store: anything still marked in flight was in
+        // flight when the previous process died, and goes back to pending (at-least-once).
+        let recovered = store
+            .recover_expired_leases(Utc::now() + chrono::Duration::days(3650))
+            .await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "returned callbacks left in flight by the previous run to pending"
+            );
+        }
+        let generated_admin_key = ensure_admin_key(&store, settings.api_key.as_deref()).await?;
+        ensure_signing_secret(&store, settings).await?;
+
+        let sender = HttpSender::new(SenderConfig {
+            policy: TargetPolicy::with_allowed(settings.allow_private_targets.clone()),
+            connect_timeout: settings.connect_timeout,
+            ca_bundle: settings.ca_bundle.clone(),
+            ..SenderConfig::default()
+        })
+        .map_err(|e| StartError::Sender(e.to_string()))?;
+        let wake = Arc::new(Notify::new());
+        let store_arc = Arc::new(store.clone());
+        let parts = Arc::new(DeliveryParts {
+            store: store_arc.clone(),
+            sender: Arc::new(sender),
+            secrets: Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5))),
+            policy: settings.retry.clone(),
+            clock: clock.clone(),
+            destinations: Arc::new(Destinations::new(DestinationLimits {
+                max_in_flight: settings.destination_max_in_flight,
+                ..DestinationLimits::default()
+            })),
+        });
+        let dispatcher = Dispatcher::new(
+            parts,
+            DispatcherConfig {
+                max_in_flight: settings.max_in_flight,
+                ..DispatcherConfig::default()
+            },
+            wake.clone(),
+        );
+        let state = AppState::new(AppParts {
+            callbacks: store_arc.clone(),
+            keys: store_arc.clone(),
+            secrets: store_arc,
+            clock: clock.clone(),
+            defaults: CallbackDefaults {
+                max_attempts: settings.max_attempts,
+                timeout_ms: settings.timeout_ms,
+            },
+            limits: ApiLimits {
+                body_bytes: settings.body_limit,
+                batch_body_bytes: settings.batch_body_limit,
+                ..ApiLimits::default()
+            },
+            on_accepted: Arc::new(move |_| wake.notify_one()),
+            key_cache: Default::default(),
+            in_flight: Default::default(),
+        });
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            state,
+            dispatcher,
+            store,
+            clock,
+            retention: Retention {
+                callbacks: settings.retention,
+                idempotency_keys: settings.idempotency_retention,
+                ..Retention::default()
+            },
+            generated_admin_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops taking requests, lets in-flight
+    /// deliveries finish (or returns them to pending), and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let router = fluxcb_http::router(self.state);
+        let store: Arc<dyn CallbackStore> = Arc::new(self.store.clone());
+        let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
+        let upkeep = tokio::spawn(maintenance::run(
+            store.clone(),
+            self.clock.clone(),
+            self.retention,
+            shutdown.clone(),
+        ));
+        let token = shutdown.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        shutdown.cancel();
+        let _ = dispatcher.await;
+        let _ = upkeep.await;
+        // Whatever the grace period did not finish goes back to pending before exit.
+        match store
+            .recover_expired_leases(Utc::now() + chrono::Duration::days(3650))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(returned = n, "returned unfinished deliveries to pending"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not return unfinished deliveries; the next start will")
+            }
+        }
+        served
+    }
+}
+
+async fn ensure_admin_key(
+    store: &SqliteStore,
+    configured: Option<&str>,
+) -> Result<Option<String>, StartError> {
+    if let Some(key) = configured {
+        let plain = PlainKey::from_configured(key.to_owned());
+        if store.find_key(&plain.hash()).await?.is_none() {
+            // The configured key changed: the previous one stops working.
+            for old in store.list_keys().await? {
+                if old.name.starts_with(CONFIGURED_ADMIN) && old.revoked_at.is_none() {
+                    store.revoke_key(&old.id).await?;
+                }
+            }
+            store
+                .create_key(NewApiKey {
+                    name: format!("{CONFIGURED_ADMIN}-{}", Utc::now().timestamp_millis()),
+                    tenant: TenantId::default_tenant(),
+                    role: Role::Admin,
+                    hash: plain.hash(),
+                })
+                .await?;
+        }
+        return Ok(None);
+    }
+    if store.has_admin_key().await? {
+        return Ok(None);
+    }
+    let plain = PlainKey::generate();
+    store
+        .create_key(NewApiKey {
+            name: "admin".into(),
+            tenant: TenantId::default_tenant(),
+            role: Role::Admin,
+            hash: plain.hash(),
+        })
+        .await?;
+    Ok(Some(plain.expose().to_owned()))
+}
+
+async fn ensure_signing_secret(store: &SqliteStore, settings: &Settings) -> Result<(), StartError> {
+    let tenant = TenantId::default_tenant();
+    let now = Utc::now();
+    let active = store.active_secrets(&tenant, now).await?;
+    match &settings.signing_secret {
+        // A newly configured secret takes over at once: the operator chose it.
+        Some(s) if !active.contains(s) => store.add_secret(&tenant, s, now).await?,
+        Some(_) => {}
+        None if active.is_empty() => {
+            store
+                .add_secret(
+                    &tenant,
+                    &fluxcb_core::signing::SigningSecret::generate(),
+                    now,
+                )
+                .await?
+        }
+        None => {}
+    }
+    Ok(())
+}

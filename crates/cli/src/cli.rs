@@ -1,0 +1,199 @@
+//! Command-line grammar.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fluxcb",
+    version,
+    about = "Callback (webhook) delivery you can trust"
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: ./fluxcb.toml when present.
+    #[arg(long, env = "FLUXCB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct StoreArgs {
+    /// Directory of the embedded store [env: FLUXCB_DATA_DIR] [default: ./fluxcb-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The fluxcb server.
+    #[arg(
+        long = "url",
+        env = "FLUXCB_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// API key (Bearer).
+    #[arg(long, env = "FLUXCB_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the API, the delivery workers and maintenance on the embedded store.
+    Serve {
+        /// Address to listen on [env: FLUXCB_LISTEN] [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// sqlite (default) or aws [env: FLUXCB_BACKEND]
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Manage API keys (opens the store directly).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage signing secrets (opens the store directly).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Write a consistent copy of the embedded store while it runs.
+    Backup {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Destination file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a callback.
+    Send(SendArgs),
+    /// Show one callback with its attempts.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List callbacks, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        /// key=value
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a scheduled or pending callback.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a dead-lettered callback back to the queue.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send every dead letter matching the filter back to the queue.
+    Redrive {
+        #[arg(long)]
+        host: Option<String>,
+        /// key=value
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// The URL to call.
+    pub target: String,
+    /// JSON payload.
+    #[arg(long, conflicts_with = "body")]
+    pub payload: Option<String>,
+    /// Raw body (with --content-type).
+    #[arg(long)]
+    pub body: Option<String>,
+    #[arg(long)]
+    pub content_type: Option<String>,
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Name:Value, repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// RFC 3339 time of the first attempt.
+    #[arg(long)]
+    pub deliver_at: Option<String>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    #[arg(long)]
+    pub timeout_ms: Option<u32>,
+    /// key=value, repeatable.
+    #[arg(long = "metadata")]
+    pub metadata: Vec<String>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "tenant")]
+        role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke by id or name.
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Add a new signing secret; the current ones keep signing during the grace period.
+    Rotate {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// How long the previous secrets keep signing (e.g. 24h).
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print the active signing secrets of a tenant.
+    Show {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}

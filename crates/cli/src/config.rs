@@ -1,0 +1,314 @@
+//! Configuration: documented defaults, then a TOML file (`--config`, `FLUXCB_CONFIG`, or
+//! `./fluxcb.toml` if present), then `FLUXCB_*` environment variables, then command-line flags.
+//! Everything is parsed and checked once at start-up into [`Settings`]; a bad value stops the
+//! process with a message naming the setting.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use fluxcb_core::retry::{parse_schedule, RetryPolicy};
+use fluxcb_core::signing::SigningSecret;
+use fluxcb_core::target::parse_allow_list;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Every setting, as written in the config file (keys) or the environment (`FLUXCB_` + key in
+/// upper case). `fluxcb.example.toml` in the repository documents each one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub backend: String,
+    pub api_key: Option<String>,
+    pub signing_secret: Option<String>,
+    pub allow_private_targets: String,
+    pub retry_schedule: String,
+    pub max_attempts: u32,
+    pub timeout_ms: u32,
+    pub connect_timeout_ms: u32,
+    pub ca_bundle: Option<PathBuf>,
+    pub retention: String,
+    pub idempotency_retention: String,
+    pub max_in_flight: usize,
+    pub destination_max_in_flight: usize,
+    pub body_limit: usize,
+    pub batch_body_limit: usize,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "./fluxcb-data".into(),
+            backend: "sqlite".into(),
+            api_key: None,
+            signing_secret: None,
+            allow_private_targets: String::new(),
+            retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
+            max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
+            timeout_ms: 15_000,
+            connect_timeout_ms: 5_000,
+            ca_bundle: None,
+            retention: "30d".into(),
+            idempotency_retention: "24h".into(),
+            max_in_flight: 512,
+            destination_max_in_flight: 64,
+            body_limit: 256 * 1024,
+            batch_body_limit: 4 * 1024 * 1024,
+            log_format: "auto".into(),
+        }
+    }
+}
+
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "backend",
+    "api_key",
+    "signing_secret",
+    "allow_private_targets",
+    "retry_schedule",
+    "max_attempts",
+    "timeout_ms",
+    "connect_timeout_ms",
+    "ca_bundle",
+    "retention",
+    "idempotency_retention",
+    "max_in_flight",
+    "destination_max_in_flight",
+    "body_limit",
+    "batch_body_limit",
+    "log_format",
+];
+
+/// Flags that override everything else.
+#[derive(Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    match file {
+        Some(path) if !path.exists() => {
+            return Err(format!("config file {} does not exist", path.display()))
+        }
+        Some(path) => fig = fig.merge(Toml::file(path)),
+        None if Path::new("fluxcb.toml").exists() => fig = fig.merge(Toml::file("fluxcb.toml")),
+        None => {}
+    }
+    fig.merge(Env::prefixed("FLUXCB_").only(ENV_KEYS))
+        .merge(Serialized::defaults(overrides))
+        .extract()
+        .map_err(|e| format!("invalid configuration: {e}"))
+}
+
+/// Validated, typed settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_key: Option<String>,
+    pub signing_secret: Option<SigningSecret>,
+    pub allow_private_targets: Vec<IpNet>,
+    pub retry: RetryPolicy,
+    pub max_attempts: u32,
+    pub timeout_ms: u32,
+    pub connect_timeout: Duration,
+    pub ca_bundle: Option<PathBuf>,
+    pub retention: Duration,
+    pub idempotency_retention: Duration,
+    pub max_in_flight: usize,
+    pub destination_max_in_flight: usize,
+    pub body_limit: usize,
+    pub batch_body_limit: usize,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<Settings, String> {
+        let mut errors = Vec::new();
+        let listen = self.listen.parse::<SocketAddr>();
+        require(
+            &mut errors,
+            listen.is_ok(),
+            format!(
+                "listen (FLUXCB_LISTEN): `{}` is not an address like 127.0.0.1:8080",
+                self.listen
+            ),
+        );
+        require(
+            &mut errors,
+            self.backend == "sqlite",
+            format!(
+                "backend (FLUXCB_BACKEND): `{}` is not available in this build; use sqlite (the AWS backend ships separately)",
+                self.backend
+            ),
+        );
+        let secret = self
+            .signing_secret
+            .as_deref()
+            .map(SigningSecret::parse)
+            .transpose();
+        if let Err(e) = &secret {
+            errors.push(format!("signing_secret (FLUXCB_SIGNING_SECRET): {e}"));
+        }
+        let allow = parse_allow_list(&self.allow_private_targets);
+        if let Err(e) = &allow {
+            errors.push(format!(
+                "allow_private_targets (FLUXCB_ALLOW_PRIVATE_TARGETS): {e}"
+            ));
+        }
+        let schedule = parse_schedule(&self.retry_schedule);
+        if let Err(e) = &schedule {
+            errors.push(format!("retry_schedule (FLUXCB_RETRY_SCHEDULE): {e}"));
+        }
+        let retention = humantime::parse_duration(&self.retention);
+        if let Err(e) = &retention {
+            errors.push(format!(
+                "retention (FLUXCB_RETENTION): `{}`: {e}",
+                self.retention
+            ));
+        }
+        let idem = humantime::parse_duration(&self.idempotency_retention);
+        match &idem {
+            Err(e) => errors.push(format!(
+                "idempotency_retention (FLUXCB_IDEMPOTENCY_RETENTION): `{}`: {e}",
+                self.idempotency_retention
+            )),
+            Ok(d) if *d < Duration::from_secs(24 * 3600) => errors.push(
+                "idempotency_retention (FLUXCB_IDEMPOTENCY_RETENTION): keys are kept at least 24h"
+                    .into(),
+            ),
+            Ok(_) => {}
+        }
+        require(
+            &mut errors,
+            (1..=fluxcb_core::callback::MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts),
+            "max_attempts (FLUXCB_MAX_ATTEMPTS): between 1 and 50".into(),
+        );
+        require(
+            &mut errors,
+            (100..=fluxcb_core::callback::MAX_TIMEOUT_MS).contains(&self.timeout_ms),
+            "timeout_ms (FLUXCB_TIMEOUT_MS): between 100 and 60000".into(),
+        );
+        require(
+            &mut errors,
+            (100..=60_000).contains(&self.connect_timeout_ms),
+            "connect_timeout_ms (FLUXCB_CONNECT_TIMEOUT_MS): between 100 and 60000".into(),
+        );
+        require(
+            &mut errors,
+            self.max_in_flight > 0,
+            "max_in_flight: at least 1".into(),
+        );
+        require(
+            &mut errors,
+            self.destination_max_in_flight > 0,
+            "destination_max_in_flight: at least 1".into(),
+        );
+        require(
+            &mut errors,
+            self.body_limit >= 1024,
+            "body_limit: at least 1024 bytes".into(),
+        );
+        require(
+            &mut errors,
+            self.batch_body_limit >= self.body_limit,
+            "batch_body_limit: at least body_limit".into(),
+        );
+        require(
+            &mut errors,
+            ["auto", "pretty", "json"].contains(&self.log_format.as_str()),
+            format!(
+                "log_format (FLUXCB_LOG_FORMAT): `{}`: use auto, pretty or json",
+                self.log_format
+            ),
+        );
+        if let Some(p) = &self.ca_bundle {
+            require(
+                &mut errors,
+                p.is_file(),
+                format!(
+                    "ca_bundle (FLUXCB_CA_BUNDLE): {} is not a readable file",
+                    p.display()
+                ),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(format!(
+                "invalid configuration:\n  - {}",
+                errors.join("\n  - ")
+            ));
+        }
+        Ok(Settings {
+            listen: listen.expect("checked"),
+            data_dir: self.data_dir.clone(),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            signing_secret: secret.expect("checked"),
+            allow_private_targets: allow.expect("checked"),
+            retry: RetryPolicy {
+                schedule: schedule.expect("checked"),
+                ..RetryPolicy::default()
+            },
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.into()),
+            ca_bundle: self.ca_bundle.clone(),
+            retention: retention.expect("checked"),
+            idempotency_retention: idem.expect("checked"),
+            max_in_flight: self.max_in_flight,
+            destination_max_in_flight: self.destination_max_in_flight,
+            body_limit: self.body_limit,
+            batch_body_limit: self.batch_body_limit,
+        })
+    }
+}
+
+fn require(errors: &mut Vec<String>, ok: bool, msg: String) {
+    if !ok {
+        errors.push(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.retry.schedule.len(), 10);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name() {
+        let c = Config {
+            listen: "nowhere".into(),
+            retry_schedule: "1s,soon".into(),
+            allow_private_targets: "10.0.0.0/33".into(),
+            signing_secret: Some("nope".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err();
+        for needle in [
+            "FLUXCB_LISTEN",
+            "FLUXCB_RETRY_SCHEDULE",
+            "FLUXCB_ALLOW_PRIVATE_TARGETS",
+            "FLUXCB_SIGNING_SECRET",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The local delivery loop: claim due callbacks, tenant by tenant, and run the engine's
+//! one-step delivery for each under a global cap on deliveries in flight.
+//!
+//! Fairness: each round splits the free capacity evenly between the tenants that have work
+//! due, so one tenant's backlog cannot hold back another's. A destination at its concurrency
+//! limit or with an open circuit gets its callbacks deferred, which frees their slots for
+//! healthy destinations.
+//!
+//! Shutdown: the loop checks the token between rounds and never abandons an attempt midway;
+//! in-flight attempts get [`DispatcherConfig::shutdown_grace`] to finish, and whatever is still
+//! claimed afterwards is returned to pending by the caller (see `recover_expired_leases`).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fluxcb_core::callback::Callback;
+use fluxcb_core::engine::deliver_and_record;
+use fluxcb_core::ports::{CallbackStore, Clock, Sender};
+use fluxcb_core::retry::RetryPolicy;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::destinations::{Destinations, Verdict};
+use crate::secrets::SecretCache;
+
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    pub max_in_flight: usize,
+    pub claim_batch: u32,
+    /// How long a claim lasts before another worker may take the callback back. Longer than
+    /// the longest allowed attempt, so a live worker's callback is never taken from it.
+    pub lease: Duration,
+    /// Longest sleep when nothing is due (new callbacks wake the loop at once).
+    pub idle_poll: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            claim_batch: 256,
+            lease: Duration::from_secs(120),
+            idle_poll: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything one delivery needs, shared by the tasks.
+pub struct DeliveryParts {
+    pub store: Arc<dyn CallbackStore>,
+    pub sender: Arc<dyn Sender>,
+    pub secrets: Arc<SecretCache>,
+    pub policy: RetryPolicy,
+    pub clock: Arc<dyn Clock>,
+    pub destinations: Arc<Destinations>,
+}
+
+pub struct Dispatcher {
+    parts: Arc<DeliveryParts>,
+    config: DispatcherConfig,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(parts: Arc<DeliveryParts>, config: DispatcherConfig, wake: Arc<Notify>) -> Self {
+        Self {
+            parts,
+            config,
+            wake,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let mut tasks = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            match self.round(free, &slots, &mut tasks).await {
+                Ok(0) => self.idle(&shutdown).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch round failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "waiting for in-flight deliveries before stopping"
+            );
+            let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(left = tasks.len(), "deliveries still in flight after the grace period; abandoning them to be retried");
+                tasks.abort_all();
+            }
+        }
+    }
+
+    /// Claims and starts deliveries; returns how many callbacks it claimed.
+    async fn round(
+        &self,
+        free: usize,
+        slots: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<usize, fluxcb_core::ports::StoreError> {
+        let p = &self.parts;
+        let now = p.clock.now();
+        let tenants = p.store.tenants_with_due(now).await?;
+        if tenants.is_empty() {
+            return Ok(0);
+        }
+        let share = (free / tenants.len()).max(1) as u32;
+        let lease_until = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        let mut claimed = 0;
+        let mut deferred = Vec::new();
+        for tenant in tenants {
+            let limit = share.min(self.config.claim_batch);
+            let batch = p.store.claim_due(&tenant, now, limit, lease_until).await?;
+            claimed += batch.len();
+            for callback in batch {
+                let dest = callback.destination();
+                let instant = Instant::now();
+                match p.destinations.try_enter(&dest, instant) {
+                    Ok(()) => {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            p.destinations.finish(&dest, Verdict::Neutral, instant);
+                            deferred.push((callback.id, Utc::now()));
+                            continue;
+                        };
+                        let parts = self.parts.clone();
+                        tasks.spawn(async move {
+                            deliver(&parts, &callback).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(until) => {
+                        let wait = until.saturating_duration_since(instant);
+                        deferred.push((
+                            callback.id,
+                            Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                        ));
+                    }
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            p.store.defer(deferred).await?;
+        }
+        Ok(claimed)
+    }
+
+    async fn idle(&self, shutdown: &CancellationToken) {
+        let p = &self.parts;
+        let mut wait = self.config.idle_poll;
+        if let Ok(Some(next)) = p.store.next_due().await {
+            let until_next = (next - p.clock.now()).to_std().unwrap_or(Duration::ZERO);
+            wait = wait.min(until_next.max(Duration::from_millis(1)));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.wake.notified() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn deliver(parts: &DeliveryParts, callback: &Callback) {
+    let dest = callback.destination();
+    let secrets = match parts.secrets.get(&callback.tenant).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Without its secrets the callback cannot be signed: leave it claimed; the lease
+            // brings it back once the store recovers.
+            tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot load signing secrets");
+            parts
+                .destinations
+                .finish(&dest, Verdict::Neutral, Instant::now());
+            return;
+        }
+    };
+    let result = deliver_and_record(
+        callback,
+        parts.store.as_ref(),
+        parts.sender.as_ref(),
+        &secrets,
+        &parts.policy,
+        parts.clock.as_ref(),
+    )
+    .await;
+    let verdict = match &result {
+        Ok(step) => {
+            tracing::debug!(
+                callback_id = %callback.id,
+                tenant = %callback.tenant,
+                attempt = step.attempt.number,
+                status_code = step.attempt.status_code,
+                error = step.attempt.error.map(|e| e.as_str()),
+                decision = ?step.decision,
+                "attempt finished"
+            );
+            Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision)
+        }
+        Err(e) => {
+            tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "attempt made but not recorded; it will be retried after the lease");
+            Verdict::Neutral
+        }
+    };
+    parts.destinations.finish(&dest, verdict, Instant::now());
+}

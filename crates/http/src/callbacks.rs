@@ -1,0 +1,296 @@
+//! Reading callbacks and acting on them: get, list, events, cancel, retry, dead letters.
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use fluxcb_core::callback::FieldError;
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::{ActionResult, ListFilter, PageRequest};
+use fluxcb_core::status::Status;
+use fluxcb_core::tenant::{Scope, TenantId};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::dto::{CallbackList, CallbackView, EventList, EventView, RedriveRequest, RedriveResult};
+use crate::error::{ApiError, Problem};
+use crate::extract::JsonBody;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/callbacks", get(list))
+        .route("/v1/callbacks/{id}", get(show))
+        .route("/v1/callbacks/{id}/events", get(events))
+        .route("/v1/callbacks/{id}/cancel", post(cancel))
+        .route("/v1/callbacks/{id}/retry", post(retry))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/redrive", post(redrive))
+}
+
+fn parse_id(raw: &str) -> Result<CallbackId, ApiError> {
+    // An id that cannot exist is simply not found: same answer as another tenant's id.
+    raw.parse().map_err(|_| ApiError::NotFound("callback"))
+}
+
+#[utoipa::path(get, path = "/v1/callbacks/{id}", tag = "callbacks",
+    params(("id" = String, Path, description = "cb_<ULID>")),
+    responses((status = 200, body = CallbackView), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CallbackView>, ApiError> {
+    let id = parse_id(&id)?;
+    let detail = state
+        .callbacks
+        .get(&caller.scope(), &id)
+        .await?
+        .ok_or(ApiError::NotFound("callback"))?;
+    Ok(Json(CallbackView::of(
+        &detail.callback,
+        Some(&detail.attempts),
+        true,
+    )))
+}
+
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// scheduled, pending, delivering, delivered, failed or cancelled.
+    pub status: Option<String>,
+    /// Host name of the target URL.
+    pub host: Option<String>,
+    /// RFC 3339; callbacks created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// RFC 3339; callbacks created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// `key=value`: callbacks with this metadata tag.
+    pub metadata: Option<String>,
+    /// Admin keys only: one tenant.
+    pub tenant: Option<String>,
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// 1-500, default 50.
+    pub limit: Option<u32>,
+}
+
+struct FilterParts<'a> {
+    status: Option<&'a str>,
+    host: Option<&'a str>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+    metadata: Option<&'a str>,
+    tenant: Option<&'a str>,
+}
+
+fn build_filter(caller: &Caller, p: FilterParts<'_>) -> Result<ListFilter, ApiError> {
+    let mut errors = Vec::new();
+    let status = p.status.and_then(|s| {
+        s.parse::<Status>()
+            .map_err(|e| errors.push(FieldError::new("status", e.to_string())))
+            .ok()
+    });
+    let metadata = p.metadata.and_then(|m| match m.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Some((k.to_owned(), v.to_owned())),
+        _ => {
+            errors.push(FieldError::new("metadata", "expected key=value"));
+            None
+        }
+    });
+    let tenant = match p.tenant {
+        None => None,
+        Some(_) if !matches!(caller.scope(), Scope::All) => {
+            errors.push(FieldError::new(
+                "tenant",
+                "only admin keys may choose a tenant",
+            ));
+            None
+        }
+        Some(t) => TenantId::parse(t)
+            .map_err(|e| errors.push(FieldError::new("tenant", e.to_string())))
+            .ok(),
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    Ok(ListFilter {
+        status,
+        host: p.host.map(str::to_owned),
+        created_after: p.created_after,
+        created_before: p.created_before,
+        metadata,
+        tenant,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/callbacks", tag = "callbacks", params(ListQuery),
+    responses((status = 200, body = CallbackList), (status = 400, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<CallbackList>, ApiError> {
+    list_inner(&state, &caller, q).await.map(Json)
+}
+
+async fn list_inner(
+    state: &AppState,
+    caller: &Caller,
+    q: ListQuery,
+) -> Result<CallbackList, ApiError> {
+    let filter = build_filter(
+        caller,
+        FilterParts {
+            status: q.status.as_deref(),
+            host: q.host.as_deref(),
+            created_after: q.created_after,
+            created_before: q.created_before,
+            metadata: q.metadata.as_deref(),
+            tenant: q.tenant.as_deref(),
+        },
+    )?;
+    let cursor = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(c.parse::<CallbackId>().map_err(|_| {
+            ApiError::Validation(vec![FieldError::new(
+                "cursor",
+                "not a cursor from this API",
+            )])
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "limit",
+            "must be between 1 and 500",
+        )]));
+    }
+    let page = state
+        .callbacks
+        .list(&caller.scope(), &filter, &PageRequest { cursor, limit })
+        .await?;
+    Ok(CallbackList {
+        data: page
+            .items
+            .iter()
+            .map(|cb| CallbackView::of(cb, None, false))
+            .collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters", params(ListQuery),
+    responses((status = 200, body = CallbackList)), security(("bearer" = [])))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(mut q): Query<ListQuery>,
+) -> Result<Json<CallbackList>, ApiError> {
+    q.status = Some(Status::Failed.as_str().to_owned());
+    list_inner(&state, &caller, q).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/callbacks/{id}/events", tag = "callbacks",
+    params(("id" = String, Path)),
+    responses((status = 200, body = EventList), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<EventList>, ApiError> {
+    let id = parse_id(&id)?;
+    let events = state
+        .callbacks
+        .events(&caller.scope(), &id)
+        .await?
+        .ok_or(ApiError::NotFound("callback"))?;
+    Ok(Json(EventList {
+        data: events.iter().map(EventView::from).collect(),
+    }))
+}
+
+fn action_response(
+    result: ActionResult,
+    verb: &str,
+    allowed: &str,
+) -> Result<Json<CallbackView>, ApiError> {
+    match result {
+        ActionResult::Done(cb) => Ok(Json(CallbackView::of(&cb, None, false))),
+        ActionResult::NotFound => Err(ApiError::NotFound("callback")),
+        ActionResult::WrongState(s) => Err(ApiError::WrongState(format!(
+            "cannot {verb} a callback that is {s}; only {allowed} callbacks can be"
+        ))),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/callbacks/{id}/cancel", tag = "callbacks",
+    params(("id" = String, Path)),
+    responses((status = 200, body = CallbackView), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CallbackView>, ApiError> {
+    let id = parse_id(&id)?;
+    let result = state
+        .callbacks
+        .cancel(&caller.scope(), &id, caller.actor())
+        .await?;
+    action_response(result, "cancel", "scheduled or pending")
+}
+
+#[utoipa::path(post, path = "/v1/callbacks/{id}/retry", tag = "callbacks",
+    params(("id" = String, Path)),
+    responses((status = 200, body = CallbackView), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CallbackView>, ApiError> {
+    let id = parse_id(&id)?;
+    let result = state
+        .callbacks
+        .retry(&caller.scope(), &id, caller.actor())
+        .await?;
+    if matches!(result, ActionResult::Done(_)) {
+        (state.on_accepted)(&[id]);
+    }
+    action_response(result, "retry", "failed")
+}
+
+#[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "dead letters",
+    request_body = RedriveRequest,
+    responses((status = 200, body = RedriveResult), (status = 400, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn redrive(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody<RedriveRequest>,
+) -> Result<Json<RedriveResult>, ApiError> {
+    let r = body.value;
+    let filter = build_filter(
+        &caller,
+        FilterParts {
+            status: None,
+            host: r.host.as_deref(),
+            created_after: r.created_after,
+            created_before: r.created_before,
+            metadata: r.metadata.as_deref(),
+            tenant: r.tenant.as_deref(),
+        },
+    )?;
+    let moved = state
+        .callbacks
+        .redrive(&caller.scope(), &filter, caller.actor())
+        .await?;
+    if moved > 0 {
+        (state.on_accepted)(&[]);
+    }
+    Ok(Json(RedriveResult { moved }))
+}
