@@ -1,0 +1,348 @@
+//! Shared test scaffolding: the real server on port 0 with a temporary data directory, and a
+//! real receiver on loopback that records what it gets and answers as each path asks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use fluxcb::app::App;
+use fluxcb::config::Config;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub key: String,
+    pub http: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        allow_private_targets: "127.0.0.0/8".into(),
+        retry_schedule: "50ms,100ms,150ms".into(),
+        timeout_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(data_dir.path());
+    customize(&mut config);
+    let settings = config.validate().expect("test config is valid");
+    let app = App::build(&settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let key = app
+        .generated_admin_key
+        .clone()
+        .or_else(|| settings.api_key.clone())
+        .expect("a fresh store generates an admin key");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        addr,
+        key,
+        http: reqwest::Client::new(),
+        data_dir,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_as(&self.key, path, body).await
+    }
+
+    pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_as(&self.key, path).await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("json")
+    }
+
+    /// Creates a callback and returns its id.
+    pub async fn create(&self, body: Value) -> String {
+        let r = self.post("/v1/callbacks", &body).await;
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(status, 202, "create failed: {v}");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Polls until the callback reaches `status` (or panics after `within`).
+    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.get_json(&format!("/v1/callbacks/{id}")).await;
+            if v["status"] == status {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "callback {id} did not become {status} within {within:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn signing_secret(&self) -> String {
+        let v = self.get_json("/v1/signing-secrets").await;
+        v["secrets"][0].as_str().expect("a secret").to_owned()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub method: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Recorder {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Failures left per path for `/flaky/{n}` routes.
+    flaky: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// A receiver on 127.0.0.1 whose behaviour is chosen by the path:
+/// `/ok`, `/status/{code}` (with `?retry_after=N`), `/hang/{ms}`, `/flaky/{n}/{name}` (fails n
+/// times with 500, then 200).
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    recorder: Recorder,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> Self {
+        let recorder = Recorder::default();
+        let app = Router::new()
+            .route("/ok", any(ok))
+            .route("/ok/{name}", any(ok))
+            .route("/status/{code}", any(status))
+            .route("/hang/{ms}", any(hang))
+            .route("/flaky/{n}/{name}", any(flaky))
+            .with_state(recorder.clone());
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            recorder,
+            _task: task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.recorder.received.lock().unwrap().clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    pub async fn wait_for(&self, path: &str, count: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received_on(path);
+            if got.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} got {} requests, expected {count}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn record(
+    rec: &Recorder,
+    path: String,
+    method: &axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) {
+    rec.received.lock().unwrap().push(Received {
+        path,
+        method: method.to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+}
+
+async fn ok(
+    State(rec): State<Recorder>,
+    uri: axum::http::Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    record(&rec, uri.path().to_owned(), &method, headers, body);
+    StatusCode::OK
+}
+
+async fn status(
+    State(rec): State<Recorder>,
+    Path(code): Path<u16>,
+    Query(q): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&rec, uri.path().to_owned(), &method, headers, body);
+    let mut r = (StatusCode::from_u16(code).unwrap(), "receiver says no").into_response();
+    if let Some(s) = q.get("retry_after") {
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_str(s).unwrap());
+    }
+    r
+}
+
+async fn hang(
+    State(rec): State<Recorder>,
+    Path(ms): Path<u64>,
+    uri: axum::http::Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    record(&rec, uri.path().to_owned(), &method, headers, body);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    StatusCode::OK
+}
+
+async fn flaky(
+    State(rec): State<Recorder>,
+    Path((n, _name)): Path<(u32, String)>,
+    uri: axum::http::Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = uri.path().to_owned();
+    record(&rec, path.clone(), &method, headers, body);
+    let mut flaky = rec.flaky.lock().unwrap();
+    let seen = flaky.entry(path).or_insert(0);
+    *seen += 1;
+    if *seen <= n {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// A listener that accepts connections, reads a little, then resets them (RST), counting
+/// how many it saw.
+pub struct ResettingListener {
+    pub addr: SocketAddr,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResettingListener {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut stream = stream;
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf))
+                        .await;
+                    let std = stream.into_std().unwrap();
+                    let sock = socket2_linger_zero(std);
+                    drop(sock);
+                });
+            }
+        });
+        Self { addr, accepted }
+    }
+}
+
+fn socket2_linger_zero(stream: std::net::TcpStream) -> std::net::TcpStream {
+    // SO_LINGER 0 makes close() send RST instead of FIN.
+    let tokio_stream = tokio::net::TcpStream::from_std(stream).unwrap();
+    // Deprecated because a non-zero linger blocks on drop; a zero linger resets at once.
+    #[allow(deprecated)]
+    tokio_stream.set_linger(Some(Duration::ZERO)).unwrap();
+    tokio_stream.into_std().unwrap()
+}
