@@ -292,6 +292,17 @@ mod tests {
         assert_eq!(s.retry.schedule.len(), 10);
     }
 
+    /// The documented example must stay true: it spells out exactly the defaults.
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fluxcb.example.toml");
+        let from_file = load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
+
     #[test]
     fn every_bad_value_is_reported_by_name() {
         let c = Config {
