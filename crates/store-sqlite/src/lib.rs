@@ -146,3 +146,6 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<(), OpenError> {
     conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -346,3 +346,141 @@ fn socket2_linger_zero(stream: std::net::TcpStream) -> std::net::TcpStream {
     tokio_stream.set_linger(Some(Duration::ZERO)).unwrap();
     tokio_stream.into_std().unwrap()
 }
+
+/// The admin key every [`ServeProcess`] is configured with (`FLUXCB_API_KEY`).
+pub const PROCESS_API_KEY: &str = "fcb_process-test-key-0123456789abcd";
+
+/// `fluxcb serve` as a child process, for what only a real process shows: `kill -9`, SIGTERM,
+/// exit codes. Killed on drop so that a failing test leaves no server behind.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+/// The binary with no `FLUXCB_*` variable inherited and the working directory set, so neither
+/// the developer's environment nor a stray `./fluxcb.toml` changes what a test sees.
+pub fn fluxcb_command(cwd: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fluxcb"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLUXCB_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(cwd);
+    cmd
+}
+
+pub fn free_loopback_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr")
+}
+
+impl ServeProcess {
+    /// Starts a server on `data_dir`, logging to `log` (appended, so restarts add to it), and
+    /// waits until it answers. Prefers `addr` so clients keep their address across restarts,
+    /// and moves to a fresh port if that one is taken.
+    pub async fn start(
+        data_dir: &std::path::Path,
+        log: &std::path::Path,
+        addr: Option<SocketAddr>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let mut candidate = addr.unwrap_or_else(free_loopback_addr);
+        for _ in 0..5 {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("open server log");
+            let err = out.try_clone().expect("clone log handle");
+            let cwd = data_dir.parent().expect("data dir has a parent");
+            let mut cmd = fluxcb_command(cwd);
+            cmd.arg("serve")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--listen")
+                .arg(candidate.to_string())
+                .env("FLUXCB_API_KEY", PROCESS_API_KEY)
+                .env("FLUXCB_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8")
+                .env("FLUXCB_RETRY_SCHEDULE", "50ms,100ms")
+                .env("FLUXCB_LOG_FORMAT", "json")
+                .envs(extra_env.iter().copied())
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            let mut server = ServeProcess {
+                child: cmd.spawn().expect("spawning fluxcb serve"),
+                addr: candidate,
+            };
+            if server.wait_ready(Duration::from_secs(30)).await {
+                return server;
+            }
+            candidate = free_loopback_addr();
+        }
+        panic!(
+            "fluxcb serve did not start; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// True once `/healthz` answers; false if the process exited first (e.g. port taken).
+    async fn wait_ready(&mut self, within: Duration) -> bool {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            if let Ok(r) = http.get(self.url("/healthz")).send().await {
+                if r.status().is_success() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// `kill -9`: no handler runs; only what was committed survives.
+    pub fn sigkill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed server");
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
