@@ -17,7 +17,7 @@ use fluxcb_delivery::maintenance::{self, Retention};
 use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_delivery::sender::{HttpSender, SenderConfig};
 use fluxcb_http::{ApiLimits, AppParts, AppState};
-use fluxcb_store_sqlite::SqliteStore;
+use fluxcb_store_sqlite::{DataDirLock, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -48,12 +48,15 @@ pub struct App {
     store: SqliteStore,
     clock: Arc<dyn Clock>,
     retention: Retention,
+    /// Held until the server stops: one server per data directory.
+    lock: DataDirLock,
     /// Set when this start generated the admin key: shown once, never stored in clear.
     pub generated_admin_key: Option<String>,
 }
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
         let store = SqliteStore::open(&settings.data_dir)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // A single process owns the embedded store: anything still marked in flight was in
@@ -135,6 +138,7 @@ impl App {
                 ..Retention::default()
             },
             generated_admin_key,
+            lock,
         })
     }
 
@@ -174,6 +178,8 @@ impl App {
                 tracing::warn!(error = %e, "could not return unfinished deliveries; the next start will")
             }
         }
+        // Only now may another server (or a restore) take the data directory.
+        drop(self.lock);
         served
     }
 }

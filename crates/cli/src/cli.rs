@@ -69,6 +69,15 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Replace the store with a backup (fluxcb must be stopped). The replaced store is kept
+    /// beside it as fluxcb.db.before-restore-<time>.
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file written by `fluxcb backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Create a callback.
     Send(SendArgs),
     /// Show one callback with its attempts.

@@ -58,6 +58,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
         Keys(cmd) => local::keys(file, cmd).await,
         Secrets(cmd) => local::secrets(file, cmd).await,
         Backup { store, out } => local::backup(file, store, &out),
+        Restore { store, from } => local::restore(file, store, &from),
         Send(args) => client::send(args).await,
         Get { id, client } => client::get(&client, &id).await,
         List {

@@ -200,3 +200,25 @@ pub fn backup(file: Option<&Path>, store: StoreArgs, out: &Path) -> Result<(), S
     );
     Ok(())
 }
+
+pub fn restore(file: Option<&Path>, store: StoreArgs, from: &Path) -> Result<(), String> {
+    let config = config::load(
+        file,
+        Overrides {
+            data_dir: store.data_dir,
+            ..Overrides::default()
+        },
+    )?;
+    let lock =
+        fluxcb_store_sqlite::DataDirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+    let restored = fluxcb_store_sqlite::restore(&lock, from).map_err(|e| e.to_string())?;
+    eprintln!(
+        "Restored {} into {}",
+        from.display(),
+        config.data_dir.display()
+    );
+    if let Some(previous) = restored.previous {
+        eprintln!("The replaced store is kept as {}", previous.display());
+    }
+    Ok(())
+}

@@ -32,7 +32,9 @@ async fn every_spelling_of_loopback_is_blocked_before_connecting() {
     let hits = Arc::new(AtomicUsize::new(0));
     let port = canary("127.0.0.1:0", hits.clone()).await.expect("canary");
     // Same port on ::1 when the machine has IPv6 loopback; the test still runs without it.
-    let v6 = canary(&format!("[::1]:{port}"), hits.clone()).await.is_some();
+    let v6 = canary(&format!("[::1]:{port}"), hits.clone())
+        .await
+        .is_some();
     let spellings = [
         format!("http://127.0.0.1:{port}/"),
         format!("https://127.0.0.1:{port}/"),
@@ -67,7 +69,10 @@ async fn every_spelling_of_loopback_is_blocked_before_connecting() {
         let v: serde_json::Value = r.json().await.unwrap();
         ids.push((url.clone(), v["id"].as_str().unwrap().to_owned()));
     }
-    assert!(ids.len() >= spellings.len() - 2, "most spellings are valid URLs");
+    assert!(
+        ids.len() >= spellings.len() - 2,
+        "most spellings are valid URLs"
+    );
     for (url, id) in &ids {
         let v = app.wait_status(id, "failed", Duration::from_secs(10)).await;
         let attempts = v["attempts"].as_array().unwrap();
@@ -88,12 +93,15 @@ async fn the_allow_list_lets_listed_private_ranges_through() {
     let app = spawn_app_with(|c| c.allow_private_targets = "127.0.0.0/8".into()).await;
     let rx = common::TestReceiver::start().await;
     let id = app.create(json!({"url": rx.url("/ok/allowed")})).await;
-    app.wait_status(&id, "delivered", Duration::from_secs(10)).await;
+    app.wait_status(&id, "delivered", Duration::from_secs(10))
+        .await;
     // ::1 is not in the list: refused.
     let id6 = app
         .create(json!({"url": format!("http://[::1]:{}/ok", rx.addr.port())}))
         .await;
-    let v = app.wait_status(&id6, "failed", Duration::from_secs(10)).await;
+    let v = app
+        .wait_status(&id6, "failed", Duration::from_secs(10))
+        .await;
     assert_eq!(v["attempts"][0]["error"], "blocked_target");
     app.stop().await;
 }

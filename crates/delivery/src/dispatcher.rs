@@ -34,6 +34,8 @@ pub struct DispatcherConfig {
     /// Longest sleep when nothing is due (new callbacks wake the loop at once).
     pub idle_poll: Duration,
     pub shutdown_grace: Duration,
+    /// Pause after a round whose every claim was deferred.
+    pub busy_pause: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -44,8 +46,17 @@ impl Default for DispatcherConfig {
             lease: Duration::from_secs(120),
             idle_poll: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),
+            busy_pause: Duration::from_millis(50),
         }
     }
+}
+
+const MIN_CLAIM: usize = 8;
+
+#[derive(Default)]
+struct Round {
+    claimed: usize,
+    started: usize,
 }
 
 /// Everything one delivery needs, shared by the tasks.
@@ -76,6 +87,9 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
         let mut tasks = JoinSet::new();
+        // Shrinks while claims come back deferred (their destinations are busy), so a backlog
+        // behind one saturated destination is not rewritten over and over.
+        let mut claim_size = self.config.claim_batch as usize;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
@@ -86,9 +100,24 @@ impl Dispatcher {
                 }
                 continue;
             }
-            match self.round(free, &slots, &mut tasks).await {
-                Ok(0) => self.idle(&shutdown).await,
-                Ok(_) => {}
+            match self.round(free.min(claim_size), &slots, &mut tasks).await {
+                Ok(Round { claimed: 0, .. }) => self.idle(&shutdown).await,
+                Ok(Round { claimed, started }) => {
+                    claim_size = if started * 2 < claimed {
+                        (claim_size / 2).max(MIN_CLAIM)
+                    } else {
+                        (claim_size * 2).min(self.config.claim_batch as usize)
+                    };
+                    if started == 0 {
+                        // Everything claimed was deferred: wait for a slot to free up rather
+                        // than claim the same backlog again at once.
+                        tokio::select! {
+                            _ = tasks.join_next(), if !tasks.is_empty() => {}
+                            _ = tokio::time::sleep(self.config.busy_pause) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dispatch round failed; backing off");
                     tokio::select! {
@@ -115,22 +144,23 @@ impl Dispatcher {
         }
     }
 
-    /// Claims and starts deliveries; returns how many callbacks it claimed.
+    /// Claims and starts deliveries.
     async fn round(
         &self,
         free: usize,
         slots: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
-    ) -> Result<usize, fluxcb_core::ports::StoreError> {
+    ) -> Result<Round, fluxcb_core::ports::StoreError> {
         let p = &self.parts;
         let now = p.clock.now();
         let tenants = p.store.tenants_with_due(now).await?;
         if tenants.is_empty() {
-            return Ok(0);
+            return Ok(Round::default());
         }
         let share = (free / tenants.len()).max(1) as u32;
         let lease_until = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
         let mut claimed = 0;
+        let mut started = 0;
         let mut deferred = Vec::new();
         for tenant in tenants {
             let limit = share.min(self.config.claim_batch);
@@ -147,6 +177,7 @@ impl Dispatcher {
                             continue;
                         };
                         let parts = self.parts.clone();
+                        started += 1;
                         tasks.spawn(async move {
                             deliver(&parts, &callback).await;
                             drop(permit);
@@ -165,7 +196,7 @@ impl Dispatcher {
         if !deferred.is_empty() {
             p.store.defer(deferred).await?;
         }
-        Ok(claimed)
+        Ok(Round { claimed, started })
     }
 
     async fn idle(&self, shutdown: &CancellationToken) {

@@ -10,6 +10,14 @@ pub enum OpenError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "another fluxcb is using {0}; stop it first (only one server may use a data directory)"
+    )]
+    InUse(String),
+    #[error("no fluxcb store at {0}")]
+    NoStore(String),
+    #[error("{0} is not a fluxcb backup (or it is damaged)")]
+    NotABackup(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -10,6 +10,7 @@
 
 mod callbacks;
 pub mod error;
+mod files;
 mod keys;
 mod rows;
 mod schema;
@@ -23,6 +24,7 @@ use fluxcb_core::ports::StoreError;
 use rusqlite::{Connection, OpenFlags};
 
 pub use error::OpenError;
+pub use files::{backup, restore, DataDirLock, Restored, LOCK_FILE};
 pub use schema::SCHEMA_VERSION;
 
 use crate::error::classify;
@@ -33,7 +35,7 @@ pub const DB_FILE: &str = "fluxcb.db";
 const WRITE_QUEUE_CAPACITY: usize = 16_384;
 /// How long a write waits for another process's lock (a backup, a CLI command) before the
 /// caller is told the store is busy.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -49,12 +51,13 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and migrates its schema.
     pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
+        files::create_private_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
+        files::make_private(&path).map_err(|source| OpenError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
         let (writer, _thread) = Writer::start(conn, WRITE_QUEUE_CAPACITY);
@@ -132,19 +135,6 @@ impl ReadPool {
         }
         result
     }
-}
-
-/// Writes a consistent copy of the store at `data_dir` to `dest`, while it may be in use.
-/// Restoring is copying that file back as `<data-dir>/fluxcb.db` while fluxcb is stopped.
-pub fn backup(data_dir: &Path, dest: &Path) -> Result<(), OpenError> {
-    let conn = Connection::open_with_flags(
-        data_dir.join(DB_FILE),
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // VACUUM INTO reads one snapshot of the database and writes a compact copy of it.
-    conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
-    Ok(())
 }
 
 #[cfg(test)]
