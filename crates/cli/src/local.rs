@@ -1,5 +1,5 @@
 //! Commands that run against the embedded store directly: serve, keys, secrets, backup.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
@@ -50,7 +50,8 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-fn open_store(file: Option<&Path>, store: StoreArgs) -> Result<SqliteStore, String> {
+/// The data directory a store command works on: `--data-dir`, else the configuration's.
+fn data_dir(file: Option<&Path>, store: StoreArgs) -> Result<PathBuf, String> {
     let config = config::load(
         file,
         Overrides {
@@ -58,7 +59,11 @@ fn open_store(file: Option<&Path>, store: StoreArgs) -> Result<SqliteStore, Stri
             ..Overrides::default()
         },
     )?;
-    SqliteStore::open(&config.data_dir).map_err(|e| e.to_string())
+    Ok(config.data_dir)
+}
+
+fn open_store(file: Option<&Path>, store: StoreArgs) -> Result<SqliteStore, String> {
+    SqliteStore::open(&data_dir(file, store)?).map_err(|e| e.to_string())
 }
 
 fn tenant(name: &str) -> Result<TenantId, String> {
@@ -176,47 +181,26 @@ pub async fn secrets(file: Option<&Path>, cmd: SecretsCommand) -> Result<(), Str
 }
 
 pub fn backup(file: Option<&Path>, store: StoreArgs, out: &Path) -> Result<(), String> {
-    let config = config::load(
-        file,
-        Overrides {
-            data_dir: store.data_dir,
-            ..Overrides::default()
-        },
-    )?;
+    let data_dir = data_dir(file, store)?;
     if out.exists() {
         return Err(format!(
             "{} already exists; choose a new file",
             out.display()
         ));
     }
-    if !config.data_dir.join(fluxcb_store_sqlite::DB_FILE).exists() {
-        return Err(format!("no store in {}", config.data_dir.display()));
+    if !data_dir.join(fluxcb_store_sqlite::DB_FILE).exists() {
+        return Err(format!("no store in {}", data_dir.display()));
     }
-    fluxcb_store_sqlite::backup(&config.data_dir, out).map_err(|e| e.to_string())?;
-    eprintln!(
-        "Backed up {} to {}",
-        config.data_dir.display(),
-        out.display()
-    );
+    fluxcb_store_sqlite::backup(&data_dir, out).map_err(|e| e.to_string())?;
+    eprintln!("Backed up {} to {}", data_dir.display(), out.display());
     Ok(())
 }
 
 pub fn restore(file: Option<&Path>, store: StoreArgs, from: &Path) -> Result<(), String> {
-    let config = config::load(
-        file,
-        Overrides {
-            data_dir: store.data_dir,
-            ..Overrides::default()
-        },
-    )?;
-    let lock =
-        fluxcb_store_sqlite::DataDirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+    let data_dir = data_dir(file, store)?;
+    let lock = fluxcb_store_sqlite::DataDirLock::acquire(&data_dir).map_err(|e| e.to_string())?;
     let restored = fluxcb_store_sqlite::restore(&lock, from).map_err(|e| e.to_string())?;
-    eprintln!(
-        "Restored {} into {}",
-        from.display(),
-        config.data_dir.display()
-    );
+    eprintln!("Restored {} into {}", from.display(), data_dir.display());
     if let Some(previous) = restored.previous {
         eprintln!("The replaced store is kept as {}", previous.display());
     }
