@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fluxcb_core::callback::Callback;
-use fluxcb_core::engine::deliver_and_record;
+use fluxcb_core::engine::attempt_delivery;
 use fluxcb_core::ports::{CallbackStore, Clock, Sender};
 use fluxcb_core::retry::RetryPolicy;
 use tokio::sync::{Notify, Semaphore};
@@ -228,32 +228,32 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback) {
             return;
         }
     };
-    let result = deliver_and_record(
+    let step = attempt_delivery(
         callback,
-        parts.store.as_ref(),
         parts.sender.as_ref(),
         &secrets,
         &parts.policy,
         parts.clock.as_ref(),
     )
     .await;
-    let verdict = match &result {
-        Ok(step) => {
-            tracing::debug!(
-                callback_id = %callback.id,
-                tenant = %callback.tenant,
-                attempt = step.attempt.number,
-                status_code = step.attempt.status_code,
-                error = step.attempt.error.map(|e| e.as_str()),
-                decision = ?step.decision,
-                "attempt finished"
-            );
-            Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision)
-        }
-        Err(e) => {
-            tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "attempt made but not recorded; it will be retried after the lease");
-            Verdict::Neutral
-        }
-    };
+    // The receiver is done with us: free its slot now rather than after our own commit, so a
+    // destination's concurrency limit bounds requests to it, not our disk's latency.
+    let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
     parts.destinations.finish(&dest, verdict, Instant::now());
+    tracing::debug!(
+        callback_id = %callback.id,
+        tenant = %callback.tenant,
+        attempt = step.attempt.number,
+        status_code = step.attempt.status_code,
+        error = step.attempt.error.map(|e| e.as_str()),
+        decision = ?step.decision,
+        "attempt finished"
+    );
+    let recorded = parts
+        .store
+        .record_attempt(&callback.id, step.attempt, step.decision, parts.clock.now())
+        .await;
+    if let Err(e) = recorded {
+        tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "attempt made but not recorded; it will be retried after the lease");
+    }
 }

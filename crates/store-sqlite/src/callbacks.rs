@@ -19,6 +19,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::sql;
 use crate::rows::{self, from_ms, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS, EVENT_COLUMNS};
+use crate::writer::Durability;
 use crate::SqliteStore;
 
 const DUE: &str = "status IN ('scheduled', 'pending')";
@@ -199,7 +200,7 @@ fn revive(c: &Connection, id: &str, now: DateTime<Utc>) -> rusqlite::Result<()> 
 impl CallbackStore for SqliteStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 let tenant = batch.tenant.as_str();
                 if let Some(idem) = &batch.idempotency {
                     let previous: Option<(String, u16, Vec<u8>)> = c
@@ -352,7 +353,7 @@ impl CallbackStore for SqliteStore {
     ) -> Result<ActionResult, StoreError> {
         let (scope, id, actor) = (scope.clone(), *id, actor.to_owned());
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 operator_action(c, &scope, &id, &actor, Transition::Cancel, Utc::now()).map_err(sql)
             })
             .await
@@ -366,7 +367,7 @@ impl CallbackStore for SqliteStore {
     ) -> Result<ActionResult, StoreError> {
         let (scope, id, actor) = (scope.clone(), *id, actor.to_owned());
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 operator_action(c, &scope, &id, &actor, Transition::Retry, Utc::now()).map_err(sql)
             })
             .await
@@ -386,7 +387,7 @@ impl CallbackStore for SqliteStore {
         let query = format!("SELECT id FROM callbacks WHERE {}", conds.join(" AND "));
         let actor = actor.to_owned();
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 let now = Utc::now();
                 let ids = c
                     .prepare(&query)
@@ -425,7 +426,7 @@ impl CallbackStore for SqliteStore {
     ) -> Result<Vec<Callback>, StoreError> {
         let tenant = tenant.clone();
         self.writer()
-            .write(move |c| {
+            .write(Durability::Relaxed, move |c| {
                 c.prepare_cached(&format!(
                     "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2 \
                      WHERE rowid IN (SELECT rowid FROM callbacks WHERE tenant = ?1 AND {DUE} \
@@ -484,13 +485,15 @@ impl CallbackStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.writer()
-            .write(move |c| record_attempt(c, &id, &attempt, decision, now).map_err(sql))
+            .write(Durability::Relaxed, move |c| {
+                record_attempt(c, &id, &attempt, decision, now).map_err(sql)
+            })
             .await
     }
 
     async fn defer(&self, items: Vec<(CallbackId, DateTime<Utc>)>) -> Result<(), StoreError> {
         self.writer()
-            .write(move |c| {
+            .write(Durability::Relaxed, move |c| {
                 let mut stmt = c
                     .prepare_cached(
                         "UPDATE callbacks SET status = 'pending', next_attempt_at = ?2, \
@@ -508,7 +511,7 @@ impl CallbackStore for SqliteStore {
 
     async fn recover_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.writer()
-            .write(move |c| {
+            .write(Durability::Relaxed, move |c| {
                 let at = Utc::now();
                 let ids = c
                     .prepare_cached(
@@ -548,7 +551,7 @@ impl CallbackStore for SqliteStore {
         limit: u32,
     ) -> Result<u64, StoreError> {
         self.writer()
-            .write(move |c| {
+            .write(Durability::Relaxed, move |c| {
                 let ids = c
                     .prepare_cached(
                         "DELETE FROM callbacks WHERE rowid IN (SELECT rowid FROM callbacks \
@@ -578,7 +581,7 @@ impl CallbackStore for SqliteStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.writer()
-            .write(|c| {
+            .write(Durability::Full, |c| {
                 c.prepare_cached("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?1)")
                     .and_then(|mut s| s.execute([ms(Utc::now())]))
                     .map_err(sql)?;

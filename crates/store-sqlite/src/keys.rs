@@ -10,6 +10,7 @@ use ulid::Ulid;
 
 use crate::error::sql;
 use crate::rows::{from_ms, ms};
+use crate::writer::Durability;
 use crate::SqliteStore;
 
 const KEY_COLUMNS: &str = "id, name, tenant, role, created_at, revoked_at";
@@ -50,7 +51,7 @@ impl KeyStore for SqliteStore {
 
     async fn create_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError> {
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 let id = format!("key_{}", Ulid::new());
                 let now = Utc::now();
                 c.execute(
@@ -102,7 +103,7 @@ impl KeyStore for SqliteStore {
     async fn revoke_key(&self, id_or_name: &str) -> Result<bool, StoreError> {
         let target = id_or_name.to_owned();
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 let n = c
                     .execute(
                         "UPDATE api_keys SET revoked_at = ?2 \
@@ -163,7 +164,7 @@ impl SecretStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (tenant, text) = (tenant.clone(), secret.expose());
         self.writer()
-            .write(move |c| {
+            .write(Durability::Full, move |c| {
                 let now = Utc::now();
                 c.execute(
                     "UPDATE signing_secrets SET retire_at = ?2 WHERE tenant = ?1 \

@@ -17,7 +17,20 @@ const MAX_JOBS_PER_COMMIT: usize = 1024;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Runs against the open transaction, or learns why there is none.
-type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Completion) + Send>;
+type Work = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Completion) + Send>;
+
+struct Job {
+    durability: Durability,
+    work: Work,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Fsync'd before the caller hears back.
+    Full,
+    /// Survives a process crash; a power loss may lose it.
+    Relaxed,
+}
 
 #[derive(Clone)]
 pub struct Writer {
@@ -35,13 +48,13 @@ impl Writer {
     }
 
     /// Runs `f` in the next group transaction and resolves after the commit.
-    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub async fn write<R, F>(&self, durability: Durability, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             let result = conn.and_then(f);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit| {
@@ -49,6 +62,7 @@ impl Writer {
             });
             (ok, completion)
         });
+        let job = Job { durability, work };
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
@@ -64,6 +78,7 @@ impl Writer {
 }
 
 fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut current = Durability::Full;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -71,6 +86,30 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        let wanted = if batch.iter().any(|j| j.durability == Durability::Full) {
+            Durability::Full
+        } else {
+            Durability::Relaxed
+        };
+        if wanted != current {
+            let level = match wanted {
+                Durability::Full => "FULL",
+                Durability::Relaxed => "NORMAL",
+            };
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => current = wanted,
+                Err(e) => tracing::error!(error = %e, "cannot change synchronous mode"),
+            }
+        }
+        // A failed switch to FULL must not let a durable write through unsynced.
+        if wanted == Durability::Full && current != Durability::Full {
+            let err = StoreError::Unavailable("cannot enable synchronous commits".into());
+            for job in batch {
+                let (_, completion) = (job.work)(Err(err.clone()));
+                completion(Err(err.clone()));
+            }
+            continue;
         }
         commit_batch(&mut conn, batch);
     }
@@ -84,7 +123,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
             let err = classify(e);
             tracing::warn!(error = %err, jobs = batch.len(), "cannot begin a write transaction");
             for job in batch {
-                let (_, completion) = job(Err(err.clone()));
+                let (_, completion) = (job.work)(Err(err.clone()));
                 completion(Err(err.clone()));
             }
             return;
@@ -94,8 +133,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
     for job in batch {
         // A savepoint per job: one job's failure must not undo the others' writes.
         let (ok, completion) = match tx.execute_batch("SAVEPOINT job") {
-            Ok(()) => job(Ok(&tx)),
-            Err(e) => job(Err(classify(e))),
+            Ok(()) => (job.work)(Ok(&tx)),
+            Err(e) => (job.work)(Err(classify(e))),
         };
         let end = if ok {
             "RELEASE job"
