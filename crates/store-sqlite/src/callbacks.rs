@@ -229,20 +229,6 @@ impl CallbackStore for SqliteStore {
                     .map_err(sql)?;
                 for cb in &batch.callbacks {
                     insert_callback(c, cb).map_err(sql)?;
-                    let id = cb.id.to_string();
-                    append_event(
-                        c,
-                        now,
-                        NewEvent {
-                            callback_id: &id,
-                            kind: EventKind::Created,
-                            actor: Some(&cb.created_by),
-                            from: None,
-                            to: Some(cb.status),
-                            detail: serde_json::json!({ "tenant": tenant }),
-                        },
-                    )
-                    .map_err(sql)?;
                 }
                 if let Some(idem) = &batch.idempotency {
                     c.prepare_cached(
@@ -331,16 +317,10 @@ impl CallbackStore for SqliteStore {
     ) -> Result<Option<Vec<Event>>, StoreError> {
         let (scope, id) = (scope.clone(), *id);
         self.read(move |c| {
-            if load_in_scope(c, &scope, &id)?.is_none() {
+            let Some(cb) = load_in_scope(c, &scope, &id)? else {
                 return Ok(None);
-            }
-            let events = c
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE callback_id = ?1 ORDER BY seq"
-                ))?
-                .query_map([id.to_string()], rows::event)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(events))
+            };
+            history(c, &cb).map(Some)
         })
         .await
     }
@@ -612,20 +592,6 @@ fn record_attempt(
     decision: Decision,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    c.prepare_cached(&format!(
-        "INSERT INTO attempts (callback_id, {ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    ))?
-    .execute(params![
-        id,
-        attempt.number,
-        ms(attempt.started_at),
-        attempt.duration_ms as i64,
-        attempt.status_code,
-        attempt.error.map(|e| e.as_str()),
-        attempt.error_detail,
-        serde_json::to_string(&attempt.response_headers).expect("string map serialises"),
-        attempt.response_body,
-    ])?;
     let (transition, next_at) = match decision {
         Decision::Delivered => (Transition::Succeed, None),
         Decision::RetryAt(at) => (Transition::Reschedule, Some(at)),
@@ -661,23 +627,84 @@ fn record_attempt(
         Decision::DeadLetter(r) => Some(r.as_str()),
         _ => None,
     };
-    append_event(
-        c,
-        now,
-        NewEvent {
-            callback_id: id,
-            kind: EventKind::Attempted,
-            actor: None,
-            from: Some(Status::Delivering),
-            to: (changed > 0).then_some(to),
-            detail: serde_json::json!({
-                "number": attempt.number,
-                "status_code": attempt.status_code,
-                "error": attempt.error,
-                "duration_ms": attempt.duration_ms,
-                "next_attempt_at": next_at,
-                "dead_letter_reason": reason,
-            }),
-        },
-    )
+    c.prepare_cached(&format!(
+        "INSERT INTO attempts (callback_id, {ATTEMPT_COLUMNS}, recorded_at, to_status, \
+         next_attempt_at, dead_letter_reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        id,
+        attempt.number,
+        ms(attempt.started_at),
+        attempt.duration_ms as i64,
+        attempt.status_code,
+        attempt.error.map(|e| e.as_str()),
+        attempt.error_detail,
+        serde_json::to_string(&attempt.response_headers).expect("string map serialises"),
+        attempt.response_body,
+        ms(now),
+        (changed > 0).then_some(to.as_str()),
+        next_at.map(ms),
+        reason,
+    ])?;
+    Ok(())
+}
+
+/// The audit trail of one callback: its creation (from the callback row), every attempt (from
+/// the attempt rows) and every operator action or recovery (from `events`), in time order.
+fn history(c: &Connection, cb: &Callback) -> rusqlite::Result<Vec<Event>> {
+    let id = cb.id.to_string();
+    let initial = match cb.spec.deliver_at {
+        Some(at) if at > cb.created_at => Status::Scheduled,
+        _ => Status::Pending,
+    };
+    let mut events = vec![Event {
+        seq: 0,
+        at: cb.created_at,
+        kind: EventKind::Created,
+        actor: Some(cb.created_by.clone()),
+        from_status: None,
+        to_status: Some(initial.as_str().to_owned()),
+        detail: serde_json::json!({ "tenant": cb.tenant.as_str() }),
+    }];
+    let attempts = c
+        .prepare_cached(
+            "SELECT number, status_code, error, duration_ms, recorded_at, to_status, \
+             next_attempt_at, dead_letter_reason FROM attempts WHERE callback_id = ?1 \
+             ORDER BY rowid",
+        )?
+        .query_map([&id], |r| {
+            let next: Option<i64> = r.get(6)?;
+            Ok(Event {
+                seq: 0,
+                at: from_ms(r.get(4)?),
+                kind: EventKind::Attempted,
+                actor: None,
+                from_status: Some(Status::Delivering.as_str().to_owned()),
+                to_status: r.get(5)?,
+                detail: serde_json::json!({
+                    "number": r.get::<_, u32>(0)?,
+                    "status_code": r.get::<_, Option<u16>>(1)?,
+                    "error": r.get::<_, Option<String>>(2)?,
+                    "duration_ms": r.get::<_, i64>(3)?,
+                    "next_attempt_at": next.map(from_ms),
+                    "dead_letter_reason": r.get::<_, Option<String>>(7)?,
+                }),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let recorded = c
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE callback_id = ?1 ORDER BY seq"
+        ))?
+        .query_map([&id], rows::event)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    events.extend(attempts);
+    events.extend(recorded);
+    // A stable sort: within one millisecond, creation, attempts and actions keep this order.
+    events.sort_by_key(|e| e.at);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.seq = i as i64 + 1;
+    }
+    Ok(events)
 }

@@ -44,7 +44,6 @@ CREATE INDEX callbacks_leased ON callbacks (lease_until) WHERE status = 'deliver
 CREATE INDEX callbacks_finished ON callbacks (updated_at)
     WHERE status IN ('delivered', 'failed', 'cancelled');
 CREATE INDEX callbacks_by_tenant ON callbacks (tenant, id);
-CREATE INDEX callbacks_by_status ON callbacks (status, id);
 CREATE INDEX callbacks_by_tenant_status ON callbacks (tenant, status, id);
 
 CREATE TABLE attempts (
@@ -56,10 +55,18 @@ CREATE TABLE attempts (
     error            TEXT,
     error_detail     TEXT,
     response_headers TEXT NOT NULL,
-    response_body    TEXT
+    response_body    TEXT,
+    -- What the attempt led to; with created_* on the callback row, the audit trail needs no
+    -- extra row per attempt (see callbacks::events).
+    recorded_at      INTEGER NOT NULL,
+    to_status        TEXT,
+    next_attempt_at  INTEGER,
+    dead_letter_reason TEXT
 );
 CREATE INDEX attempts_by_callback ON attempts (callback_id);
 
+-- Operator actions and recoveries. Creation and attempts are read from the callback and
+-- attempt rows, which are never updated in place either.
 CREATE TABLE events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     callback_id  TEXT NOT NULL,
