@@ -103,8 +103,10 @@ impl Dispatcher {
             match self.round(free.min(claim_size), &slots, &mut tasks).await {
                 Ok(Round { claimed: 0, .. }) => self.idle(&shutdown).await,
                 Ok(Round { claimed, started }) => {
-                    claim_size = if started * 2 < claimed {
-                        (claim_size / 2).max(MIN_CLAIM)
+                    // Claim next about what could start this time: anything more would only be
+                    // written back as deferred.
+                    claim_size = if started < claimed {
+                        (started + started / 4).max(MIN_CLAIM)
                     } else {
                         (claim_size * 2).min(self.config.claim_batch as usize)
                     };
