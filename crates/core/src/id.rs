@@ -12,9 +12,20 @@ const CALLBACK_PREFIX: &str = "cb_";
 #[serde(try_from = "String", into = "String")]
 pub struct CallbackId(Ulid);
 
+/// One generator per process: ULIDs made in the same millisecond are otherwise random in their
+/// low bits, and "newest first" listings would shuffle callbacks accepted within a millisecond.
+/// A monotonic generator increments instead, so ids sort in the order they were made.
+static GENERATOR: std::sync::LazyLock<std::sync::Mutex<ulid::Generator>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(ulid::Generator::new()));
+
 impl CallbackId {
     pub fn generate() -> Self {
-        Self(Ulid::new())
+        let next = GENERATOR
+            .lock()
+            .map(|mut g| g.generate())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().generate());
+        // Overflow needs 2^80 ids within one millisecond; a random one is still unique.
+        Self(next.unwrap_or_else(|_| Ulid::new()))
     }
 
     pub fn from_ulid(ulid: Ulid) -> Self {
@@ -69,6 +80,12 @@ mod tests {
         let text = id.to_string();
         assert!(text.starts_with("cb_") && text.len() == 29, "{text}");
         assert_eq!(text.parse::<CallbackId>().unwrap(), id);
+    }
+
+    #[test]
+    fn ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<CallbackId> = (0..10_000).map(|_| CallbackId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

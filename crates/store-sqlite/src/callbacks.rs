@@ -372,7 +372,7 @@ impl CallbackStore for SqliteStore {
                 let ids = c
                     .prepare(&query)
                     .and_then(|mut s| {
-                        s.query_map(params_from_iter(params), |r| r.get::<_, String>(0))?
+                        s.query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(0))?
                             .collect::<rusqlite::Result<Vec<_>>>()
                     })
                     .map_err(sql)?;

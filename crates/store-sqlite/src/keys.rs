@@ -79,8 +79,8 @@ impl KeyStore for SqliteStore {
                 .map_err(sql)?;
                 Ok(ApiKey {
                     id,
-                    name: key.name,
-                    tenant: key.tenant,
+                    name: key.name.clone(),
+                    tenant: key.tenant.clone(),
                     role: key.role,
                     created_at: now,
                     revoked_at: None,

@@ -1,8 +1,19 @@
 //! Group commit: one thread owns the only writing connection. Each write is a job; the thread
-//! takes every job waiting, runs each in its own savepoint inside one transaction, commits once
-//! (one fsync for all of them), and only then answers each job. So a caller hears "done" only
-//! after its rows are on disk, and concurrent callers share the fsync instead of queueing for
-//! one each.
+//! takes every job waiting, runs them all inside one transaction, commits once (one fsync for
+//! all of them), and only then answers each job. So a caller hears "done" only after its rows
+//! are on disk, and concurrent callers share the fsync instead of queueing for one each.
+//!
+//! Jobs rarely fail (a duplicate key name, say), so a group first runs without savepoints: a
+//! savepoint per job would make SQLite journal every page a job touches that an earlier job
+//! already dirtied. If any job fails, the whole group is rolled back and run again with one
+//! savepoint per job, so one failure never undoes the others. Jobs may therefore run twice;
+//! they only touch the database, which the rollback restored.
+//!
+//! Not every write needs the fsync. [`Durability::Full`] (ingest, operator actions, keys) commits
+//! with `synchronous=FULL`. [`Durability::Relaxed`] (claims, attempt records, deferrals) commits
+//! with `synchronous=NORMAL`: in WAL mode that survives a crash of the process, and only a power
+//! loss can lose it, which at worst delivers a callback once more (at-least-once). The next
+//! full commit fsyncs the WAL, relaxed frames included.
 use std::sync::mpsc;
 use std::thread;
 
@@ -15,15 +26,6 @@ use crate::error::classify;
 /// Jobs beyond this wait for the next transaction, bounding commit latency.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// Runs against the open transaction, or learns why there is none.
-type Work = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Completion) + Send>;
-
-struct Job {
-    durability: Durability,
-    work: Work,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Fsync'd before the caller hears back.
@@ -32,14 +34,65 @@ pub enum Durability {
     Relaxed,
 }
 
+/// A write waiting for its group's commit.
+trait Job: Send {
+    fn durability(&self) -> Durability;
+    /// Runs against the open transaction; false when the job failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// The job could not run: there is no transaction.
+    fn fail(&mut self, err: StoreError);
+    /// Answers the caller once the group's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct TypedJob<R, F> {
+    durability: Durability,
+    work: F,
+    result: Option<Result<R, StoreError>>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R, F> Job for TypedJob<R, F>
+where
+    R: Send,
+    F: FnMut(&Connection) -> Result<R, StoreError> + Send,
+{
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.work)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail(&mut self, err: StoreError) {
+        self.result = Some(Err(err));
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let answer = match (self.result, commit) {
+            // A job's own failure is its answer, whatever became of the others.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(e)) => Err(e),
+            (Some(Ok(r)), Ok(())) => Ok(r),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(StoreError::Internal("a write was never run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::SyncSender<Job>,
+    jobs: mpsc::SyncSender<Box<dyn Job>>,
 }
 
 impl Writer {
     pub fn start(conn: Connection, capacity: usize) -> (Self, thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::sync_channel::<Job>(capacity);
+        let (tx, rx) = mpsc::sync_channel::<Box<dyn Job>>(capacity);
         let handle = thread::Builder::new()
             .name("fluxcb-sqlite-writer".into())
             .spawn(move || run(conn, rx))
@@ -47,22 +100,20 @@ impl Writer {
         (Self { jobs: tx }, handle)
     }
 
-    /// Runs `f` in the next group transaction and resolves after the commit.
+    /// Runs `f` in the next group transaction and resolves after the commit. `f` may run more
+    /// than once (see the module doc) and must only act through the connection.
     pub async fn write<R, F>(&self, durability: Durability, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let work: Work = Box::new(move |conn| {
-            let result = conn.and_then(f);
-            let ok = result.is_ok();
-            let completion: Completion = Box::new(move |commit| {
-                let _ = tx.send(commit.and(result));
-            });
-            (ok, completion)
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            durability,
+            work: f,
+            result: None,
+            reply,
         });
-        let job = Job { durability, work };
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
@@ -77,7 +128,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
     let mut current = Durability::Full;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -87,7 +138,7 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let wanted = if batch.iter().any(|j| j.durability == Durability::Full) {
+        let wanted = if batch.iter().any(|j| j.durability() == Durability::Full) {
             Durability::Full
         } else {
             Durability::Relaxed
@@ -105,10 +156,7 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         // A failed switch to FULL must not let a durable write through unsynced.
         if wanted == Durability::Full && current != Durability::Full {
             let err = StoreError::Unavailable("cannot enable synchronous commits".into());
-            for job in batch {
-                let (_, completion) = (job.work)(Err(err.clone()));
-                completion(Err(err.clone()));
-            }
+            finish_all(batch, Err(err));
             continue;
         }
         commit_batch(&mut conn, batch);
@@ -116,41 +164,56 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     tracing::debug!("writer thread stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let err = classify(e);
-            tracing::warn!(error = %err, jobs = batch.len(), "cannot begin a write transaction");
-            for job in batch {
-                let (_, completion) = (job.work)(Err(err.clone()));
-                completion(Err(err.clone()));
-            }
-            return;
-        }
-    };
-    let mut completions = Vec::with_capacity(batch.len());
+fn finish_all(batch: Vec<Box<dyn Job>>, outcome: Result<(), StoreError>) {
     for job in batch {
-        // A savepoint per job: one job's failure must not undo the others' writes.
-        let (ok, completion) = match tx.execute_batch("SAVEPOINT job") {
-            Ok(()) => (job.work)(Ok(&tx)),
-            Err(e) => (job.work)(Err(classify(e))),
-        };
-        let end = if ok {
+        job.finish(outcome.clone());
+    }
+}
+
+fn commit_batch(conn: &mut Connection, mut batch: Vec<Box<dyn Job>>) {
+    match run_group(conn, &mut batch, false) {
+        Ok(true) => finish_all(batch, Ok(())),
+        Ok(false) => {
+            // Somebody failed: the group was rolled back. Again, each job on its own.
+            let outcome = run_group(conn, &mut batch, true).map(|_| ());
+            finish_all(batch, outcome);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "group commit failed");
+            finish_all(batch, Err(e));
+        }
+    }
+}
+
+/// Runs the jobs in one transaction. Without isolation, stops at the first failing job, rolls
+/// back and answers `Ok(false)`; with isolation, keeps each job's writes only if it succeeded
+/// and commits the rest.
+fn run_group(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Job>],
+    isolated: bool,
+) -> Result<bool, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(classify)?;
+    for job in batch.iter_mut() {
+        if !isolated {
+            if !job.run(&tx) {
+                return Ok(false); // dropping `tx` rolls back
+            }
+            continue;
+        }
+        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+            job.fail(classify(e));
+            continue;
+        }
+        let end = if job.run(&tx) {
             "RELEASE job"
         } else {
             "ROLLBACK TO job; RELEASE job"
         };
-        if let Err(e) = tx.execute_batch(end) {
-            tracing::error!(error = %classify(e), "cannot close a savepoint");
-        }
-        completions.push(completion);
+        tx.execute_batch(end).map_err(classify)?;
     }
-    let committed = tx.commit().map_err(classify);
-    if let Err(e) = &committed {
-        tracing::warn!(error = %e, jobs = completions.len(), "group commit failed");
-    }
-    for completion in completions {
-        completion(committed.clone());
-    }
+    tx.commit().map_err(classify)?;
+    Ok(true)
 }
