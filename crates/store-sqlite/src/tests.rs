@@ -266,7 +266,7 @@ async fn group_commit_accepts_many_concurrent_ingests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_write_does_not_undo_the_others_in_its_group() {
-    let (dir, store) = open();
+    let (_dir, store) = open();
     let original = callback(Spec::default());
     let dup_id = ingest_one(&store, original.clone()).await;
     // Re-ingesting the same id violates the UNIQUE constraint; the fresh ones beside it in the

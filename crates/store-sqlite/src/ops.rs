@@ -1,0 +1,317 @@
+//! The statements behind [`crate::callbacks`]: row writes, operator transitions, attempt
+//! records and the audit trail read back.
+use chrono::{DateTime, Utc};
+use fluxcb_core::attempt::Attempt;
+use fluxcb_core::callback::Callback;
+use fluxcb_core::event::{Event, EventKind};
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::{ActionResult, ListFilter};
+use fluxcb_core::retry::Decision;
+use fluxcb_core::status::{Status, Transition};
+use fluxcb_core::tenant::Scope;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rows::{self, from_ms, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS, EVENT_COLUMNS};
+
+pub(crate) const DUE: &str = "status IN ('scheduled', 'pending')";
+
+pub(crate) struct NewEvent<'a> {
+    pub callback_id: &'a str,
+    pub kind: EventKind,
+    pub actor: Option<&'a str>,
+    pub from: Option<Status>,
+    pub to: Option<Status>,
+    pub detail: serde_json::Value,
+}
+
+pub(crate) fn append_event(
+    c: &Connection,
+    at: DateTime<Utc>,
+    e: NewEvent<'_>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO events (callback_id, at, kind, actor, from_status, to_status, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.callback_id,
+        ms(at),
+        e.kind.as_str(),
+        e.actor,
+        e.from.map(|s| s.as_str()),
+        e.to.map(|s| s.as_str()),
+        e.detail.to_string(),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn insert_callback(c: &Connection, cb: &Callback) -> rusqlite::Result<()> {
+    let (kind, content_type, body) = rows::payload_columns(&cb.spec.payload);
+    c.prepare_cached(
+        "INSERT INTO callbacks (id, tenant, status, url, host, method, headers, body_kind, \
+         content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
+         attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
+         created_at, updated_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20)",
+    )?
+    .execute(params![
+        cb.id.to_string(),
+        cb.tenant.as_str(),
+        cb.status.as_str(),
+        cb.spec.url.as_str(),
+        cb.spec.url.host_str().unwrap_or_default(),
+        cb.spec.method.as_str(),
+        serde_json::to_string(&cb.spec.headers).expect("string map serialises"),
+        kind,
+        content_type,
+        body,
+        cb.spec.deliver_at.map(ms),
+        cb.next_attempt_at.map(ms),
+        cb.attempts_made,
+        cb.max_attempts,
+        cb.spec.max_attempts,
+        cb.timeout_ms,
+        cb.spec.timeout_ms,
+        serde_json::to_string(&cb.spec.metadata).expect("string map serialises"),
+        ms(cb.created_at),
+        cb.created_by,
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Callback>> {
+    c.prepare_cached(&format!(
+        "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?1"
+    ))?
+    .query_row([id], rows::callback)
+    .optional()
+}
+
+pub(crate) fn load_in_scope(
+    c: &Connection,
+    scope: &Scope,
+    id: &CallbackId,
+) -> rusqlite::Result<Option<Callback>> {
+    Ok(load(c, &id.to_string())?.filter(|cb| scope.permits(&cb.tenant)))
+}
+
+/// SQL conditions and parameters for a list filter within a scope.
+pub(crate) fn filter_sql(scope: &Scope, filter: &ListFilter) -> (Vec<String>, Vec<Value>) {
+    let mut conds = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    let tenant = match scope {
+        Scope::Tenant(t) => Some(t),
+        Scope::All => filter.tenant.as_ref(),
+    };
+    if let Some(t) = tenant {
+        conds.push("tenant = ?".to_owned());
+        params.push(t.as_str().to_owned().into());
+    }
+    if let Some(s) = filter.status {
+        conds.push("status = ?".to_owned());
+        params.push(s.as_str().to_owned().into());
+    }
+    if let Some(h) = &filter.host {
+        conds.push("host = ?".to_owned());
+        params.push(h.to_ascii_lowercase().into());
+    }
+    if let Some(t) = filter.created_after {
+        conds.push("created_at >= ?".to_owned());
+        params.push(ms(t).into());
+    }
+    if let Some(t) = filter.created_before {
+        conds.push("created_at < ?".to_owned());
+        params.push(ms(t).into());
+    }
+    if let Some((k, v)) = &filter.metadata {
+        conds.push(
+            "EXISTS (SELECT 1 FROM json_each(callbacks.metadata) WHERE key = ? AND value = ?)"
+                .to_owned(),
+        );
+        params.push(k.clone().into());
+        params.push(v.clone().into());
+    }
+    (conds, params)
+}
+
+/// Applies an operator transition (cancel, retry) to one callback.
+pub(crate) fn operator_action(
+    c: &Connection,
+    scope: &Scope,
+    id: &CallbackId,
+    actor: &str,
+    transition: Transition,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<ActionResult> {
+    let Some(cb) = load_in_scope(c, scope, id)? else {
+        return Ok(ActionResult::NotFound);
+    };
+    let Ok(to) = transition.apply(cb.status) else {
+        return Ok(ActionResult::WrongState(cb.status));
+    };
+    let idt = id.to_string();
+    let kind = match transition {
+        Transition::Cancel => {
+            c.prepare_cached(
+                "UPDATE callbacks SET status = 'cancelled', next_attempt_at = NULL, \
+                 updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![idt, ms(now)])?;
+            EventKind::Cancelled
+        }
+        _ => {
+            revive(c, &idt, now)?;
+            EventKind::Retried
+        }
+    };
+    append_event(
+        c,
+        now,
+        NewEvent {
+            callback_id: &idt,
+            kind,
+            actor: Some(actor),
+            from: Some(cb.status),
+            to: Some(to),
+            detail: serde_json::json!({}),
+        },
+    )?;
+    Ok(load(c, &idt)?.map_or(ActionResult::NotFound, |cb| {
+        ActionResult::Done(Box::new(cb))
+    }))
+}
+
+/// Sends a dead letter back to pending with a fresh allowance of attempts.
+pub(crate) fn revive(c: &Connection, id: &str, now: DateTime<Utc>) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE callbacks SET status = 'pending', next_attempt_at = ?2, updated_at = ?2, \
+         max_attempts = attempts_made + attempt_budget WHERE id = ?1 AND status = 'failed'",
+    )?
+    .execute(params![id, ms(now)])?;
+    Ok(())
+}
+
+pub(crate) fn record_attempt(
+    c: &Connection,
+    id: &str,
+    attempt: &Attempt,
+    decision: Decision,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let (transition, next_at) = match decision {
+        Decision::Delivered => (Transition::Succeed, None),
+        Decision::RetryAt(at) => (Transition::Reschedule, Some(at)),
+        Decision::DeadLetter(_) => (Transition::DeadLetter, None),
+    };
+    let to = transition.target();
+    let last_error = match (&attempt.error, &attempt.error_detail) {
+        (Some(code), Some(detail)) => Some(format!("{code}: {detail}")),
+        (Some(code), None) => Some(code.to_string()),
+        _ => None,
+    };
+    let changed = c
+        .prepare_cached(
+            "UPDATE callbacks SET status = ?2, attempts_made = MAX(attempts_made, ?3), \
+             next_attempt_at = ?4, lease_until = NULL, last_error = COALESCE(?5, last_error), \
+             updated_at = ?6 WHERE id = ?1 AND status = 'delivering'",
+        )?
+        .execute(params![
+            id,
+            to.as_str(),
+            attempt.number,
+            next_at.map(ms),
+            last_error,
+            ms(now)
+        ])?;
+    if changed == 0 {
+        tracing::warn!(
+            callback_id = id,
+            "attempt finished for a callback no longer in flight"
+        );
+    }
+    let reason = match decision {
+        Decision::DeadLetter(r) => Some(r.as_str()),
+        _ => None,
+    };
+    c.prepare_cached(&format!(
+        "INSERT INTO attempts (callback_id, {ATTEMPT_COLUMNS}, recorded_at, to_status, \
+         next_attempt_at, dead_letter_reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        id,
+        attempt.number,
+        ms(attempt.started_at),
+        attempt.duration_ms as i64,
+        attempt.status_code,
+        attempt.error.map(|e| e.as_str()),
+        attempt.error_detail,
+        serde_json::to_string(&attempt.response_headers).expect("string map serialises"),
+        attempt.response_body,
+        ms(now),
+        (changed > 0).then_some(to.as_str()),
+        next_at.map(ms),
+        reason,
+    ])?;
+    Ok(())
+}
+
+/// The audit trail of one callback: its creation (from the callback row), every attempt (from
+/// the attempt rows) and every operator action or recovery (from `events`), in time order.
+pub(crate) fn history(c: &Connection, cb: &Callback) -> rusqlite::Result<Vec<Event>> {
+    let id = cb.id.to_string();
+    let initial = match cb.spec.deliver_at {
+        Some(at) if at > cb.created_at => Status::Scheduled,
+        _ => Status::Pending,
+    };
+    let mut events = vec![Event {
+        seq: 0,
+        at: cb.created_at,
+        kind: EventKind::Created,
+        actor: Some(cb.created_by.clone()),
+        from_status: None,
+        to_status: Some(initial.as_str().to_owned()),
+        detail: serde_json::json!({ "tenant": cb.tenant.as_str() }),
+    }];
+    let attempts = c
+        .prepare_cached(
+            "SELECT number, status_code, error, duration_ms, recorded_at, to_status, \
+             next_attempt_at, dead_letter_reason FROM attempts WHERE callback_id = ?1 \
+             ORDER BY rowid",
+        )?
+        .query_map([&id], |r| {
+            let next: Option<i64> = r.get(6)?;
+            Ok(Event {
+                seq: 0,
+                at: from_ms(r.get(4)?),
+                kind: EventKind::Attempted,
+                actor: None,
+                from_status: Some(Status::Delivering.as_str().to_owned()),
+                to_status: r.get(5)?,
+                detail: serde_json::json!({
+                    "number": r.get::<_, u32>(0)?,
+                    "status_code": r.get::<_, Option<u16>>(1)?,
+                    "error": r.get::<_, Option<String>>(2)?,
+                    "duration_ms": r.get::<_, i64>(3)?,
+                    "next_attempt_at": next.map(from_ms),
+                    "dead_letter_reason": r.get::<_, Option<String>>(7)?,
+                }),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let recorded = c
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE callback_id = ?1 ORDER BY seq"
+        ))?
+        .query_map([&id], rows::event)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    events.extend(attempts);
+    events.extend(recorded);
+    // A stable sort: within one millisecond, creation, attempts and actions keep this order.
+    events.sort_by_key(|e| e.at);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.seq = i as i64 + 1;
+    }
+    Ok(events)
+}
