@@ -8,7 +8,10 @@ use std::time::Duration;
 use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
 use fluxcb_core::callback::CallbackDefaults;
-use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, NewApiKey, SecretStore, SystemClock};
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::{
+    CallbackStore, Clock, KeyStore, NewApiKey, Queue, SecretStore, StoreError, SystemClock,
+};
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_core::tenant::TenantId;
 use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
@@ -25,6 +28,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 
 const CONFIGURED_ADMIN: &str = "configured-admin";
+
+/// The embedded store is its own queue: a notification only wakes the dispatcher early.
+struct WakeDispatcher(Arc<Notify>);
+
+#[async_trait::async_trait]
+impl Queue for WakeDispatcher {
+    async fn notify(&self, _ids: &[CallbackId]) -> Result<(), StoreError> {
+        self.0.notify_one();
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -115,7 +129,7 @@ impl App {
                 batch_body_bytes: settings.batch_body_limit,
                 ..ApiLimits::default()
             },
-            on_accepted: Arc::new(move |_| wake.notify_one()),
+            queue: Arc::new(WakeDispatcher(wake)),
             key_cache: Default::default(),
             in_flight: Default::default(),
         });

@@ -145,6 +145,15 @@ pub trait CallbackStore: Send + Sync + 'static {
         limit: u32,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Callback>, StoreError>;
+    /// Claims one callback if it is due at `now` (a queue message names it), leasing it until
+    /// `lease_until`. `None` when it is not due, already in flight, finished or gone: the
+    /// message is then stale and can be dropped.
+    async fn claim(
+        &self,
+        id: &CallbackId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Callback>, StoreError>;
     /// Tenants that have callbacks due at `now`, so the dispatcher can take turns between them.
     async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError>;
     /// The earliest `next_attempt_at` among waiting callbacks.
@@ -207,6 +216,16 @@ pub trait SecretStore: Send + Sync + 'static {
         secret: &SigningSecret,
         retire_old_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+}
+
+/// Hands due work to workers. Told after a callback is committed (or sent back by an operator),
+/// never before: the store is the source of truth, and a lost notification only delays a
+/// callback until the store is next polled or swept. Locally it wakes the dispatcher; on AWS
+/// it sends SQS messages.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// `ids` are due now or at their `next_attempt_at`; an empty list means "look again".
+    async fn notify(&self, ids: &[CallbackId]) -> Result<(), StoreError>;
 }
 
 /// A request ready to go on the wire.

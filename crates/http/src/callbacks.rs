@@ -259,7 +259,7 @@ pub async fn retry(
         .retry(&caller.scope(), &id, caller.actor())
         .await?;
     if matches!(result, ActionResult::Done(_)) {
-        (state.on_accepted)(&[id]);
+        state.notify_queue(&[id]).await;
     }
     action_response(result, "retry", "failed")
 }
@@ -290,7 +290,7 @@ pub async fn redrive(
         .redrive(&caller.scope(), &filter, caller.actor())
         .await?;
     if moved > 0 {
-        (state.on_accepted)(&[]);
+        state.notify_queue(&[]).await;
     }
     Ok(Json(RedriveResult { moved }))
 }

@@ -229,7 +229,7 @@ async fn ingest(
         .await?;
     match result {
         IngestResult::Accepted => {
-            (state.on_accepted)(&ids);
+            state.notify_queue(&ids).await;
             Ok(json_response(StatusCode::ACCEPTED, body, false))
         }
         IngestResult::Replayed { status, body } => Ok(json_response(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use fluxcb_core::callback::CallbackDefaults;
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, SecretStore};
+use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, Queue, SecretStore};
 
 pub use ingest::InFlightKeys;
 
@@ -41,9 +41,6 @@ impl Default for ApiLimits {
     }
 }
 
-/// Called after callbacks are durably accepted (the local server wakes its dispatcher).
-pub type OnAccepted = Arc<dyn Fn(&[CallbackId]) + Send + Sync>;
-
 /// Everything the handlers need, shared by clone.
 #[derive(Clone)]
 pub struct AppState(Arc<AppParts>);
@@ -55,7 +52,8 @@ pub struct AppParts {
     pub clock: Arc<dyn Clock>,
     pub defaults: CallbackDefaults,
     pub limits: ApiLimits,
-    pub on_accepted: OnAccepted,
+    /// Told about callbacks once they are committed and due to be worked on.
+    pub queue: Arc<dyn Queue>,
     pub key_cache: auth::KeyCache,
     pub in_flight: InFlightKeys,
 }
@@ -70,6 +68,14 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         Self(Arc::new(parts))
+    }
+
+    /// The callbacks are committed already; a failed notification only delays them until the
+    /// store is next polled (locally) or swept (on AWS), so it is logged, not returned.
+    pub async fn notify_queue(&self, ids: &[CallbackId]) {
+        if let Err(e) = self.queue.notify(ids).await {
+            tracing::warn!(error = %e, count = ids.len(), "could not notify the queue; the sweep will pick these up");
+        }
     }
 }
 

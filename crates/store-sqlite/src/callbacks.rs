@@ -254,6 +254,29 @@ impl CallbackStore for SqliteStore {
             .await
     }
 
+    async fn claim(
+        &self,
+        id: &CallbackId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Callback>, StoreError> {
+        let id = id.to_string();
+        self.writer()
+            .write(Durability::Relaxed, move |c| {
+                c.prepare_cached(&format!(
+                    "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2 \
+                     WHERE id = ?1 AND {DUE} AND next_attempt_at <= ?2 \
+                     RETURNING {CALLBACK_COLUMNS}"
+                ))
+                .and_then(|mut s| {
+                    s.query_row(params![id, ms(now), ms(lease_until)], rows::callback)
+                        .optional()
+                })
+                .map_err(sql)
+            })
+            .await
+    }
+
     async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError> {
         self.read(move |c| {
             let names = c

@@ -918,3 +918,54 @@ async fn redrive_moves_only_failed_callbacks_matching_the_filter() {
     );
     assert_eq!(status_of(&store, &failed_other[0]).await, Status::Pending);
 }
+
+/// A queue message names one callback: only a due, unclaimed one may be taken, and only once.
+#[tokio::test]
+async fn claim_takes_one_due_callback_once() {
+    let (_dir, store) = open();
+    let now = Utc::now();
+    let due = ingest_one(
+        &store,
+        callback(Spec {
+            created: now,
+            ..Spec::default()
+        }),
+    )
+    .await;
+    let later = ingest_one(
+        &store,
+        callback(Spec {
+            created: now,
+            deliver_at: Some(now + Duration::hours(1)),
+            ..Spec::default()
+        }),
+    )
+    .await;
+    let lease = now + Duration::minutes(2);
+    let got = store
+        .claim(&due, now, lease)
+        .await
+        .unwrap()
+        .expect("due callback claimed");
+    assert_eq!(got.id, due);
+    assert_eq!(got.status, Status::Delivering);
+    assert!(
+        store.claim(&due, now, lease).await.unwrap().is_none(),
+        "claimed twice"
+    );
+    assert!(
+        store.claim(&later, now, lease).await.unwrap().is_none(),
+        "not due yet"
+    );
+    assert!(store
+        .claim(&CallbackId::generate(), now, lease)
+        .await
+        .unwrap()
+        .is_none());
+    let at_due_time = now + Duration::hours(2);
+    assert!(store
+        .claim(&later, at_due_time, at_due_time + Duration::minutes(2))
+        .await
+        .unwrap()
+        .is_some());
+}
