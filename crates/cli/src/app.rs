@@ -29,6 +29,36 @@ use crate::config::Settings;
 
 const CONFIGURED_ADMIN: &str = "configured-admin";
 
+/// The process-wide Prometheus registry, installed on first use (the `metrics` facade has one
+/// global recorder; several `App`s in one test process share it).
+fn prometheus() -> fluxcb_http::MetricsRender {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let handle = HANDLE
+        .get_or_init(|| {
+            let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+            for name in [
+                fluxcb_core::metric_names::ATTEMPT_DURATION,
+                fluxcb_core::metric_names::ACCEPTED_TO_DELIVERED,
+            ] {
+                builder = builder
+                    .set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(name.to_owned()),
+                        fluxcb_core::metric_names::LATENCY_BUCKETS,
+                    )
+                    .expect("the bucket list is not empty");
+            }
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone();
+    Arc::new(move || handle.render())
+}
+
 /// The embedded store is its own queue: a notification only wakes the dispatcher early.
 struct WakeDispatcher(Arc<Notify>);
 
@@ -130,6 +160,7 @@ impl App {
                 ..ApiLimits::default()
             },
             queue: Arc::new(WakeDispatcher(wake)),
+            metrics: Some(prometheus()),
             key_cache: Default::default(),
             in_flight: Default::default(),
         });

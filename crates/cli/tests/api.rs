@@ -726,3 +726,50 @@ async fn a_configured_admin_key_works_and_unknown_backends_are_refused() {
     c.backend = "cassandra".into();
     assert!(c.validate().unwrap_err().contains("FLUXCB_BACKEND"));
 }
+
+/// Reads one sample from Prometheus text: the value of the line that starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_in_prometheus_format() {
+    let app = spawn_app().await;
+    let rx = TestReceiver::start().await;
+    let scrape = || async {
+        let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    // Other tests in this process share the registry: compare before and after.
+    let before = scrape().await;
+    let accepted_before = sample(&before, "fluxcb_callbacks_accepted_total").unwrap_or(0.0);
+    let delivered_before =
+        sample(&before, "fluxcb_attempts_total{outcome=\"delivered\"}").unwrap_or(0.0);
+    let ok = app.create(json!({"url": rx.url("/ok/metrics")})).await;
+    let gone = app.create(json!({"url": rx.url("/status/410")})).await;
+    app.wait_status(&ok, "delivered", WAIT).await;
+    app.wait_status(&gone, "failed", WAIT).await;
+    let after = scrape().await;
+    assert!(sample(&after, "fluxcb_callbacks_accepted_total").unwrap() >= accepted_before + 2.0);
+    assert!(
+        sample(&after, "fluxcb_attempts_total{outcome=\"delivered\"}").unwrap()
+            >= delivered_before + 1.0
+    );
+    assert!(sample(&after, "fluxcb_attempts_total{outcome=\"dead_lettered\"}").unwrap() >= 1.0);
+    assert!(after.contains("fluxcb_accepted_to_delivered_seconds_bucket{le=\"0.025\"}"));
+    assert!(sample(&after, "fluxcb_attempt_duration_seconds_count").unwrap() >= 2.0);
+    // The state gauges come from this app's own store.
+    assert_eq!(
+        sample(&after, "fluxcb_callbacks{status=\"delivered\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, "fluxcb_callbacks{status=\"failed\"}"),
+        Some(1.0)
+    );
+    app.stop().await;
+}

@@ -12,6 +12,7 @@
 //! - [`ports`]: the traits adapters implement (stores, sender, clock).
 //! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
 //! - [`message`]: versioned queue messages for queue-backed deployments.
+//! - [`metric_names`]: the metrics vocabulary shared by every deployment.
 //!
 //! Nothing here performs I/O or needs a runtime: adapters live in their own crates.
 
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod event;
 pub mod id;
 pub mod message;
+pub mod metric_names;
 pub mod ports;
 pub mod retry;
 pub mod signing;

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fluxcb_core::callback::Callback;
-use fluxcb_core::engine::attempt_delivery;
+use fluxcb_core::engine::{attempt_delivery, StepOutcome};
+use fluxcb_core::metric_names as names;
 use fluxcb_core::ports::{CallbackStore, Clock, Sender};
 use fluxcb_core::retry::RetryPolicy;
+use fluxcb_core::retry::{DeadLetterReason, Decision};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -181,7 +183,10 @@ impl Dispatcher {
                         let parts = self.parts.clone();
                         started += 1;
                         tasks.spawn(async move {
+                            let in_flight = metrics::gauge!(names::IN_FLIGHT);
+                            in_flight.increment(1.0);
                             deliver(&parts, &callback).await;
+                            in_flight.decrement(1.0);
                             drop(permit);
                         });
                     }
@@ -242,6 +247,7 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback) {
     // destination's concurrency limit bounds requests to it, not our disk's latency.
     let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
     parts.destinations.finish(&dest, verdict, Instant::now());
+    record_metrics(callback, &step, parts.clock.now());
     tracing::debug!(
         callback_id = %callback.id,
         tenant = %callback.tenant,
@@ -257,5 +263,20 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback) {
         .await;
     if let Err(e) = recorded {
         tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "attempt made but not recorded; it will be retried after the lease");
+    }
+}
+
+fn record_metrics(callback: &Callback, step: &StepOutcome, now: chrono::DateTime<Utc>) {
+    let outcome = match step.decision {
+        Decision::Delivered => names::outcome::DELIVERED,
+        Decision::RetryAt(_) => names::outcome::RETRIED,
+        Decision::DeadLetter(DeadLetterReason::BlockedTarget) => names::outcome::BLOCKED,
+        Decision::DeadLetter(_) => names::outcome::DEAD_LETTERED,
+    };
+    metrics::counter!(names::ATTEMPTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(names::ATTEMPT_DURATION).record(step.attempt.duration_ms as f64 / 1000.0);
+    if step.decision == Decision::Delivered {
+        let waited = (now - callback.created_at).num_milliseconds().max(0);
+        metrics::histogram!(names::ACCEPTED_TO_DELIVERED).record(waited as f64 / 1000.0);
     }
 }

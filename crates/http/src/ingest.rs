@@ -229,6 +229,7 @@ async fn ingest(
         .await?;
     match result {
         IngestResult::Accepted => {
+            metrics::counter!(fluxcb_core::metric_names::ACCEPTED).increment(ids.len() as u64);
             state.notify_queue(&ids).await;
             Ok(json_response(StatusCode::ACCEPTED, body, false))
         }

@@ -41,6 +41,8 @@ impl Default for ApiLimits {
     }
 }
 
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Everything the handlers need, shared by clone.
 #[derive(Clone)]
 pub struct AppState(Arc<AppParts>);
@@ -54,6 +56,8 @@ pub struct AppParts {
     pub limits: ApiLimits,
     /// Told about callbacks once they are committed and due to be worked on.
     pub queue: Arc<dyn Queue>,
+    /// Renders the metrics registry for `/metrics` (None: no exporter, 404).
+    pub metrics: Option<MetricsRender>,
     pub key_cache: auth::KeyCache,
     pub in_flight: InFlightKeys,
 }

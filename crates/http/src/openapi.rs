@@ -27,6 +27,7 @@ use crate::AppState;
         crate::admin::rotate_secret,
         crate::health::healthz,
         crate::health::readyz,
+        crate::health::metrics_text,
     ),
     modifiers(&BearerAuth)
 )]

@@ -1,0 +1,31 @@
+//! One vocabulary of metric names for every deployment: the local `/metrics` endpoint exports
+//! them in Prometheus format, and the AWS functions will write the same names as CloudWatch
+//! Embedded Metric Format lines. Labels are bounded: outcomes and statuses only, never tenants
+//! or destinations.
+
+/// Counter: callbacks durably accepted.
+pub const ACCEPTED: &str = "fluxcb_callbacks_accepted_total";
+/// Counter, label `outcome`: what each attempt led to.
+pub const ATTEMPTS: &str = "fluxcb_attempts_total";
+/// Histogram (seconds): one attempt, connect to last byte read.
+pub const ATTEMPT_DURATION: &str = "fluxcb_attempt_duration_seconds";
+/// Histogram (seconds): accepted to delivered, for delivered callbacks.
+pub const ACCEPTED_TO_DELIVERED: &str = "fluxcb_accepted_to_delivered_seconds";
+/// Gauge, label `status`: callbacks stored in each state (sampled at scrape time).
+pub const CALLBACKS: &str = "fluxcb_callbacks";
+/// Gauge: attempts in flight right now.
+pub const IN_FLIGHT: &str = "fluxcb_deliveries_in_flight";
+
+/// The `outcome` label values of [`ATTEMPTS`].
+pub mod outcome {
+    pub const DELIVERED: &str = "delivered";
+    pub const RETRIED: &str = "retried";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const BLOCKED: &str = "blocked";
+}
+
+/// Histogram buckets (seconds) shared by both latency histograms.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0,
+];
