@@ -19,7 +19,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 use crate::error::sql;
 use crate::ops::{
     append_event, filter_sql, history, insert_callback, load_in_scope, operator_action,
-    record_attempt, revive, NewEvent, DUE,
+    record_attempt, revive, CallbackRow, NewEvent, DUE,
 };
 use crate::rows::{self, from_ms, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS};
 use crate::writer::Durability;
@@ -28,10 +28,17 @@ use crate::SqliteStore;
 #[async_trait]
 impl CallbackStore for SqliteStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
+        let IngestBatch {
+            tenant,
+            callbacks,
+            idempotency,
+        } = batch;
+        let now = callbacks.first().map_or_else(Utc::now, |c| c.created_at);
+        let rows: Vec<CallbackRow> = callbacks.into_iter().map(CallbackRow::new).collect();
         self.writer()
             .write(Durability::Full, move |c| {
-                let tenant = batch.tenant.as_str();
-                if let Some(idem) = &batch.idempotency {
+                let tenant = tenant.as_str();
+                if let Some(idem) = &idempotency {
                     let previous: Option<(String, u16, Vec<u8>)> = c
                         .prepare_cached(
                             "SELECT fingerprint, status, body FROM idempotency \
@@ -52,14 +59,13 @@ impl CallbackStore for SqliteStore {
                         });
                     }
                 }
-                let now = batch.callbacks.first().map_or_else(Utc::now, |c| c.created_at);
                 c.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")
                     .and_then(|mut s| s.execute(params![tenant, ms(now)]))
                     .map_err(sql)?;
-                for cb in &batch.callbacks {
-                    insert_callback(c, cb).map_err(sql)?;
+                for row in &rows {
+                    insert_callback(c, row).map_err(sql)?;
                 }
-                if let Some(idem) = &batch.idempotency {
+                if let Some(idem) = &idempotency {
                     c.prepare_cached(
                         "INSERT INTO idempotency (tenant, key, fingerprint, status, body, created_at) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -46,7 +46,29 @@ pub(crate) fn append_event(
     Ok(())
 }
 
-pub(crate) fn insert_callback(c: &Connection, cb: &Callback) -> rusqlite::Result<()> {
+/// A callback with its text columns rendered, so that the JSON work happens on the caller's
+/// thread and the single writer thread only binds values.
+pub(crate) struct CallbackRow {
+    id: String,
+    headers: String,
+    metadata: String,
+    pub callback: Callback,
+}
+
+impl CallbackRow {
+    pub fn new(callback: Callback) -> Self {
+        Self {
+            id: callback.id.to_string(),
+            headers: serde_json::to_string(&callback.spec.headers).expect("string map serialises"),
+            metadata: serde_json::to_string(&callback.spec.metadata)
+                .expect("string map serialises"),
+            callback,
+        }
+    }
+}
+
+pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Result<()> {
+    let cb = &row.callback;
     let (kind, content_type, body) = rows::payload_columns(&cb.spec.payload);
     c.prepare_cached(
         "INSERT INTO callbacks (id, tenant, status, url, host, method, headers, body_kind, \
@@ -56,13 +78,13 @@ pub(crate) fn insert_callback(c: &Connection, cb: &Callback) -> rusqlite::Result
          ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20)",
     )?
     .execute(params![
-        cb.id.to_string(),
+        row.id,
         cb.tenant.as_str(),
         cb.status.as_str(),
         cb.spec.url.as_str(),
         cb.spec.url.host_str().unwrap_or_default(),
         cb.spec.method.as_str(),
-        serde_json::to_string(&cb.spec.headers).expect("string map serialises"),
+        row.headers,
         kind,
         content_type,
         body,
@@ -73,7 +95,7 @@ pub(crate) fn insert_callback(c: &Connection, cb: &Callback) -> rusqlite::Result
         cb.spec.max_attempts,
         cb.timeout_ms,
         cb.spec.timeout_ms,
-        serde_json::to_string(&cb.spec.metadata).expect("string map serialises"),
+        row.metadata,
         ms(cb.created_at),
         cb.created_by,
     ])?;
