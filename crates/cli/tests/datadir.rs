@@ -50,6 +50,20 @@ async fn the_store_and_its_backups_are_private_to_their_owner() {
     app.stop().await;
 }
 
+fn restore(
+    cwd: &std::path::Path,
+    data: &std::path::Path,
+    from: &std::path::Path,
+) -> std::process::Output {
+    fluxcb_command(cwd)
+        .args(["restore", "--data-dir"])
+        .arg(data)
+        .arg("--from")
+        .arg(from)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn restore_refuses_a_running_store_then_replaces_it_keeping_the_old_one() {
     let work = tempfile::tempdir().unwrap();
@@ -90,13 +104,7 @@ async fn restore_refuses_a_running_store_then_replaces_it_keeping_the_old_one() 
     let lost = create(json!({"url": rx.url("/ok/later")})).await;
 
     // A restore under a running server is refused, and changes nothing.
-    let out = fluxcb_command(work.path())
-        .args(["restore", "--data-dir"])
-        .arg(&data)
-        .arg("--from")
-        .arg(&backup)
-        .output()
-        .unwrap();
+    let out = restore(work.path(), &data, &backup);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
 
@@ -104,23 +112,11 @@ async fn restore_refuses_a_running_store_then_replaces_it_keeping_the_old_one() 
     let junk = work.path().join("junk.db");
     std::fs::write(&junk, b"not a database").unwrap();
     server.sigkill();
-    let out = fluxcb_command(work.path())
-        .args(["restore", "--data-dir"])
-        .arg(&data)
-        .arg("--from")
-        .arg(&junk)
-        .output()
-        .unwrap();
+    let out = restore(work.path(), &data, &junk);
     assert!(!out.status.success(), "junk was restored");
 
     // After a crash (WAL left behind), the restore gives exactly the backup.
-    let out = fluxcb_command(work.path())
-        .args(["restore", "--data-dir"])
-        .arg(&data)
-        .arg("--from")
-        .arg(&backup)
-        .output()
-        .unwrap();
+    let out = restore(work.path(), &data, &backup);
     assert!(
         out.status.success(),
         "{}",

@@ -1,5 +1,7 @@
-//! The one-step delivery shared by every deployment: the local dispatcher calls it for each
-//! claimed callback, the Lambda SQS consumer for each message.
+//! The one-step delivery shared by every deployment. [`attempt_delivery`] sends one attempt and
+//! decides what follows; the local dispatcher calls it and records the outcome itself (after
+//! freeing the destination's slot). [`deliver_and_record`] does both, for workers with nothing
+//! to do in between, such as the Lambda SQS consumer.
 use std::time::{Duration, Instant};
 
 use crate::attempt::{Attempt, SendOutcome};
