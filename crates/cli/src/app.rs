@@ -8,9 +8,8 @@ use std::time::Duration;
 use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
 use fluxcb_core::callback::CallbackDefaults;
-use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{
-    CallbackStore, Clock, KeyStore, NewApiKey, Queue, SecretStore, StoreError, SystemClock,
+    CallbackStore, Clock, Due, KeyStore, NewApiKey, Queue, SecretStore, StoreError, SystemClock,
 };
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_core::tenant::TenantId;
@@ -25,13 +24,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Backend, Settings};
 
 const CONFIGURED_ADMIN: &str = "configured-admin";
 
 /// The process-wide Prometheus registry, installed on first use (the `metrics` facade has one
 /// global recorder; several `App`s in one test process share it).
-fn prometheus() -> fluxcb_http::MetricsRender {
+pub(crate) fn prometheus() -> fluxcb_http::MetricsRender {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     let handle = HANDLE
@@ -64,7 +63,7 @@ struct WakeDispatcher(Arc<Notify>);
 
 #[async_trait::async_trait]
 impl Queue for WakeDispatcher {
-    async fn notify(&self, _ids: &[CallbackId]) -> Result<(), StoreError> {
+    async fn notify(&self, _due: &[Due]) -> Result<(), StoreError> {
         self.0.notify_one();
         Ok(())
     }
@@ -72,6 +71,8 @@ impl Queue for WakeDispatcher {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Config(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] fluxcb_store_sqlite::OpenError),
     #[error("store: {0}")]
@@ -88,18 +89,100 @@ pub enum StartError {
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    engine: Engine,
+    /// Set when this start generated the admin key: shown once, never stored in clear.
+    pub generated_admin_key: Option<String>,
+}
+
+/// What runs beside the API: the embedded dispatcher and maintenance, or the AWS backend's
+/// SQS poller and sweeper.
+enum Engine {
+    Local(LocalEngine),
+    #[cfg(feature = "aws")]
+    Aws(crate::aws_backend::AwsEngine),
+}
+
+struct LocalEngine {
     dispatcher: Dispatcher,
     store: SqliteStore,
     clock: Arc<dyn Clock>,
     retention: Retention,
     /// Held until the server stops: one server per data directory.
     lock: DataDirLock,
-    /// Set when this start generated the admin key: shown once, never stored in clear.
-    pub generated_admin_key: Option<String>,
+}
+
+/// The API's state over any backend's stores and queue.
+pub fn api_state(
+    settings: &Settings,
+    callbacks: Arc<dyn CallbackStore>,
+    keys: Arc<dyn KeyStore>,
+    secrets: Arc<dyn SecretStore>,
+    queue: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+    metrics: Option<fluxcb_http::MetricsRender>,
+) -> AppState {
+    AppState::new(AppParts {
+        callbacks,
+        keys,
+        secrets,
+        clock,
+        defaults: CallbackDefaults {
+            max_attempts: settings.max_attempts,
+            timeout_ms: settings.timeout_ms,
+        },
+        limits: ApiLimits {
+            body_bytes: settings.body_limit,
+            batch_body_bytes: settings.batch_body_limit,
+            ..ApiLimits::default()
+        },
+        queue,
+        metrics,
+        key_cache: Default::default(),
+        in_flight: Default::default(),
+    })
+}
+
+/// The outbound HTTP client with the SSRF policy and timeouts from the settings.
+pub fn http_sender(settings: &Settings) -> Result<HttpSender, StartError> {
+    HttpSender::new(SenderConfig {
+        policy: TargetPolicy::with_allowed(settings.allow_private_targets.clone()),
+        connect_timeout: settings.connect_timeout,
+        ca_bundle: settings.ca_bundle.clone(),
+        ..SenderConfig::default()
+    })
+    .map_err(|e| StartError::Sender(e.to_string()))
 }
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let (state, engine, generated_admin_key) = match settings.backend {
+            Backend::Sqlite => Self::local(settings).await?,
+            #[cfg(feature = "aws")]
+            Backend::Aws => {
+                let parts = crate::aws_backend::AwsParts::from_env(settings).await?;
+                let generated = parts.prepare(settings).await?;
+                let state = parts.api_state(settings, Some(prometheus()));
+                (state, Engine::Aws(parts.engine(settings)?), generated)
+            }
+            #[cfg(not(feature = "aws"))]
+            Backend::Aws => unreachable!("validation refuses the AWS backend in this build"),
+        };
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            state,
+            engine,
+            generated_admin_key,
+        })
+    }
+
+    async fn local(settings: &Settings) -> Result<(AppState, Engine, Option<String>), StartError> {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let store = SqliteStore::open(&settings.data_dir)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -117,13 +200,7 @@ impl App {
         let generated_admin_key = ensure_admin_key(&store, settings.api_key.as_deref()).await?;
         ensure_signing_secret(&store, settings).await?;
 
-        let sender = HttpSender::new(SenderConfig {
-            policy: TargetPolicy::with_allowed(settings.allow_private_targets.clone()),
-            connect_timeout: settings.connect_timeout,
-            ca_bundle: settings.ca_bundle.clone(),
-            ..SenderConfig::default()
-        })
-        .map_err(|e| StartError::Sender(e.to_string()))?;
+        let sender = http_sender(settings)?;
         let wake = Arc::new(Notify::new());
         let store_arc = Arc::new(store.clone());
         let parts = Arc::new(DeliveryParts {
@@ -145,35 +222,16 @@ impl App {
             },
             wake.clone(),
         );
-        let state = AppState::new(AppParts {
-            callbacks: store_arc.clone(),
-            keys: store_arc.clone(),
-            secrets: store_arc,
-            clock: clock.clone(),
-            defaults: CallbackDefaults {
-                max_attempts: settings.max_attempts,
-                timeout_ms: settings.timeout_ms,
-            },
-            limits: ApiLimits {
-                body_bytes: settings.body_limit,
-                batch_body_bytes: settings.batch_body_limit,
-                ..ApiLimits::default()
-            },
-            queue: Arc::new(WakeDispatcher(wake)),
-            metrics: Some(prometheus()),
-            key_cache: Default::default(),
-            in_flight: Default::default(),
-        });
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
-        Ok(Self {
-            listener,
-            state,
+        let state = api_state(
+            settings,
+            store_arc.clone(),
+            store_arc.clone(),
+            store_arc,
+            Arc::new(WakeDispatcher(wake)),
+            clock.clone(),
+            Some(prometheus()),
+        );
+        let engine = Engine::Local(LocalEngine {
             dispatcher,
             store,
             clock,
@@ -182,9 +240,9 @@ impl App {
                 idempotency_keys: settings.idempotency_retention,
                 ..Retention::default()
             },
-            generated_admin_key,
             lock,
-        })
+        });
+        Ok((state, engine, generated_admin_key))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -197,6 +255,23 @@ impl App {
     /// deliveries finish (or returns them to pending), and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = fluxcb_http::router(self.state);
+        let workers = match self.engine {
+            Engine::Local(local) => tokio::spawn(local.run(shutdown.clone())),
+            #[cfg(feature = "aws")]
+            Engine::Aws(aws) => tokio::spawn(aws.run(shutdown.clone())),
+        };
+        let token = shutdown.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        shutdown.cancel();
+        let _ = workers.await;
+        served
+    }
+}
+
+impl LocalEngine {
+    async fn run(self, shutdown: CancellationToken) {
         let store: Arc<dyn CallbackStore> = Arc::new(self.store.clone());
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
         let upkeep = tokio::spawn(maintenance::run(
@@ -205,11 +280,7 @@ impl App {
             self.retention,
             shutdown.clone(),
         ));
-        let token = shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        shutdown.cancel();
+        shutdown.cancelled().await;
         let _ = dispatcher.await;
         let _ = upkeep.await;
         // Whatever the grace period did not finish goes back to pending before exit.
@@ -225,12 +296,11 @@ impl App {
         }
         // Only now may another server (or a restore) take the data directory.
         drop(self.lock);
-        served
     }
 }
 
-async fn ensure_admin_key(
-    store: &SqliteStore,
+pub(crate) async fn ensure_admin_key(
+    store: &dyn KeyStore,
     configured: Option<&str>,
 ) -> Result<Option<String>, StartError> {
     if let Some(key) = configured {
@@ -268,7 +338,10 @@ async fn ensure_admin_key(
     Ok(Some(plain.expose().to_owned()))
 }
 
-async fn ensure_signing_secret(store: &SqliteStore, settings: &Settings) -> Result<(), StartError> {
+pub(crate) async fn ensure_signing_secret(
+    store: &dyn SecretStore,
+    settings: &Settings,
+) -> Result<(), StartError> {
     let tenant = TenantId::default_tenant();
     let now = Utc::now();
     let active = store.active_secrets(&tenant, now).await?;

@@ -37,6 +37,12 @@ pub struct Config {
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub log_format: String,
+    /// AWS backend: how often the sweeper runs in container mode (Lambda runs it on the
+    /// template's schedule).
+    pub sweep_interval: String,
+    /// AWS backend: how long a sent queue message may be overdue before the sweeper presumes it
+    /// lost and sends another.
+    pub sweep_grace: String,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             body_limit: 256 * 1024,
             batch_body_limit: 4 * 1024 * 1024,
             log_format: "auto".into(),
+            sweep_interval: "60s".into(),
+            sweep_grace: "2m".into(),
         }
     }
 }
@@ -83,6 +91,8 @@ const ENV_KEYS: &[&str] = &[
     "body_limit",
     "batch_body_limit",
     "log_format",
+    "sweep_interval",
+    "sweep_grace",
 ];
 
 /// Flags that override everything else.
@@ -114,9 +124,20 @@ pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, String>
         .map_err(|e| format!("invalid configuration: {e}"))
 }
 
+/// Where callbacks are stored and queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store in `data_dir`: store and queue in one file.
+    Sqlite,
+    /// DynamoDB and SQS, named by `FLUXCB_DYNAMODB_TABLE`, `FLUXCB_SQS_QUEUE_URL` and
+    /// `FLUXCB_SQS_DLQ_URL`.
+    Aws,
+}
+
 /// Validated, typed settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    pub backend: Backend,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub api_key: Option<String>,
@@ -133,6 +154,8 @@ pub struct Settings {
     pub destination_max_in_flight: usize,
     pub body_limit: usize,
     pub batch_body_limit: usize,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
 }
 
 impl Config {
@@ -147,14 +170,39 @@ impl Config {
                 self.listen
             ),
         );
-        require(
-            &mut errors,
-            self.backend == "sqlite",
-            format!(
-                "backend (FLUXCB_BACKEND): `{}` is not available in this build; use sqlite (the AWS backend ships separately)",
-                self.backend
-            ),
+        let backend = match self.backend.as_str() {
+            "sqlite" => Some(Backend::Sqlite),
+            "aws" if cfg!(feature = "aws") => Some(Backend::Aws),
+            "aws" => {
+                errors.push(
+                    "backend (FLUXCB_BACKEND): this build has no AWS backend (it was built without the `aws` feature)"
+                        .into(),
+                );
+                None
+            }
+            other => {
+                errors.push(format!(
+                    "backend (FLUXCB_BACKEND): `{other}` is not a backend; use sqlite or aws"
+                ));
+                None
+            }
+        };
+        let mut duration = |key: &str, env: &str, text: &str| match humantime::parse_duration(text)
+        {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!(
+                    "{key} ({env}): `{text}` is not a duration like 60s"
+                ));
+                Duration::from_secs(1)
+            }
+        };
+        let sweep_interval = duration(
+            "sweep_interval",
+            "FLUXCB_SWEEP_INTERVAL",
+            &self.sweep_interval,
         );
+        let sweep_grace = duration("sweep_grace", "FLUXCB_SWEEP_GRACE", &self.sweep_grace);
         let secret = self
             .signing_secret
             .as_deref()
@@ -252,6 +300,7 @@ impl Config {
             ));
         }
         Ok(Settings {
+            backend: backend.expect("checked"),
             listen: listen.expect("checked"),
             data_dir: self.data_dir.clone(),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
@@ -271,6 +320,8 @@ impl Config {
             destination_max_in_flight: self.destination_max_in_flight,
             body_limit: self.body_limit,
             batch_body_limit: self.batch_body_limit,
+            sweep_interval,
+            sweep_grace,
         })
     }
 }

@@ -2,6 +2,8 @@
 //! commands. `main.rs` only parses arguments and calls [`run`].
 
 pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws_backend;
 pub mod cli;
 mod client;
 pub mod config;

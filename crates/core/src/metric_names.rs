@@ -16,6 +16,14 @@ pub const CALLBACKS: &str = "fluxcb_callbacks";
 /// Gauge: attempts in flight right now.
 pub const IN_FLIGHT: &str = "fluxcb_deliveries_in_flight";
 
+/// Gauge, labels `queue` (`work`, `dead_letter`) and `state` (`visible`, `delayed`,
+/// `in_flight`): messages on the SQS queues (AWS only, sampled by the sweeper).
+pub const QUEUE_MESSAGES: &str = "fluxcb_queue_messages";
+/// Counter: messages the sweeper sent for callbacks that had none (long waits, lost sends).
+pub const SWEEPER_ENQUEUED: &str = "fluxcb_sweeper_enqueued_total";
+/// Counter: in-flight callbacks returned to waiting after their worker's lease ran out.
+pub const LEASES_RECOVERED: &str = "fluxcb_leases_recovered_total";
+
 /// The `outcome` label values of [`ATTEMPTS`].
 pub mod outcome {
     pub const DELIVERED: &str = "delivered";

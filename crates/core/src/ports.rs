@@ -29,6 +29,13 @@ pub enum StoreError {
     Unavailable(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The item is too big for the store (DynamoDB's 400 KB item limit). Nothing was written.
+    #[error("too large for the store: {0}")]
+    TooLarge(String),
+    /// The request asks for something this backend does not serve (a list filter without an
+    /// index on DynamoDB, say), refused rather than answered with a full scan.
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
     #[error("store failure: {0}")]
     Internal(String),
 }
@@ -136,15 +143,6 @@ pub trait CallbackStore: Send + Sync + 'static {
         actor: &str,
     ) -> Result<u64, StoreError>;
 
-    /// Claims up to `limit` due callbacks of one tenant, oldest due first, leasing them until
-    /// `lease_until`.
-    async fn claim_due(
-        &self,
-        tenant: &TenantId,
-        now: DateTime<Utc>,
-        limit: u32,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Callback>, StoreError>;
     /// Claims one callback if it is due at `now` (a queue message names it), leasing it until
     /// `lease_until`. `None` when it is not due, already in flight, finished or gone: the
     /// message is then stale and can be dropped.
@@ -154,10 +152,6 @@ pub trait CallbackStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Callback>, StoreError>;
-    /// Tenants that have callbacks due at `now`, so the dispatcher can take turns between them.
-    async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError>;
-    /// The earliest `next_attempt_at` among waiting callbacks.
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Records an attempt and applies the transition its decision calls for.
     async fn record_attempt(
         &self,
@@ -182,6 +176,25 @@ pub trait CallbackStore: Send + Sync + 'static {
     /// Succeeds when the store can take writes.
     async fn check_writable(&self) -> Result<(), StoreError>;
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError>;
+}
+
+/// A store that is also its own queue (the embedded store): workers poll it for due callbacks.
+/// Queue-backed stores (DynamoDB + SQS) do not implement it; their workers are handed ids.
+#[async_trait]
+pub trait PolledStore: CallbackStore {
+    /// Claims up to `limit` due callbacks of one tenant, oldest due first, leasing them until
+    /// `lease_until`.
+    async fn claim_due(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Callback>, StoreError>;
+    /// Tenants that have callbacks due at `now`, so the dispatcher can take turns between them.
+    async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError>;
+    /// The earliest `next_attempt_at` among waiting callbacks.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
 pub struct NewApiKey {
@@ -218,14 +231,22 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// A committed callback and when it is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub id: CallbackId,
+    pub at: DateTime<Utc>,
+}
+
 /// Hands due work to workers. Told after a callback is committed (or sent back by an operator),
 /// never before: the store is the source of truth, and a lost notification only delays a
 /// callback until the store is next polled or swept. Locally it wakes the dispatcher; on AWS
 /// it sends SQS messages.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// `ids` are due now or at their `next_attempt_at`; an empty list means "look again".
-    async fn notify(&self, ids: &[CallbackId]) -> Result<(), StoreError>;
+    /// `due` lists callbacks and when each is due; an empty list means "look again" (several
+    /// callbacks changed, e.g. a bulk redrive).
+    async fn notify(&self, due: &[Due]) -> Result<(), StoreError>;
 }
 
 /// A request ready to go on the wire.

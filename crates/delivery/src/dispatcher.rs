@@ -16,7 +16,7 @@ use chrono::Utc;
 use fluxcb_core::callback::Callback;
 use fluxcb_core::engine::{attempt_delivery, StepOutcome};
 use fluxcb_core::metric_names as names;
-use fluxcb_core::ports::{CallbackStore, Clock, Sender};
+use fluxcb_core::ports::{Clock, PolledStore, Sender};
 use fluxcb_core::retry::RetryPolicy;
 use fluxcb_core::retry::{DeadLetterReason, Decision};
 use tokio::sync::{Notify, Semaphore};
@@ -63,7 +63,7 @@ struct Round {
 
 /// Everything one delivery needs, shared by the tasks.
 pub struct DeliveryParts {
-    pub store: Arc<dyn CallbackStore>,
+    pub store: Arc<dyn PolledStore>,
     pub sender: Arc<dyn Sender>,
     pub secrets: Arc<SecretCache>,
     pub policy: RetryPolicy,
@@ -266,7 +266,8 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback) {
     }
 }
 
-fn record_metrics(callback: &Callback, step: &StepOutcome, now: chrono::DateTime<Utc>) {
+/// The attempt counters and latency histograms, shared by every deployment's worker.
+pub fn record_metrics(callback: &Callback, step: &StepOutcome, now: chrono::DateTime<Utc>) {
     let outcome = match step.decision {
         Decision::Delivered => names::outcome::DELIVERED,
         Decision::RetryAt(_) => names::outcome::RETRIED,

@@ -5,7 +5,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fluxcb_core::callback::FieldError;
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{ActionResult, ListFilter, PageRequest};
+use fluxcb_core::ports::{ActionResult, Due, ListFilter, PageRequest};
 use fluxcb_core::status::Status;
 use fluxcb_core::tenant::{Scope, TenantId};
 use serde::Deserialize;
@@ -258,8 +258,13 @@ pub async fn retry(
         .callbacks
         .retry(&caller.scope(), &id, caller.actor())
         .await?;
-    if matches!(result, ActionResult::Done(_)) {
-        state.notify_queue(&[id]).await;
+    if let ActionResult::Done(cb) = &result {
+        state
+            .notify_queue(&[Due {
+                id,
+                at: cb.next_attempt_at.unwrap_or(cb.updated_at),
+            }])
+            .await;
     }
     action_response(result, "retry", "failed")
 }

@@ -32,6 +32,11 @@ pub enum ApiError {
     IdempotencyInFlight,
     #[error("{0}")]
     Conflict(String),
+    /// Within the request body limit, but over what the store can hold in one item.
+    #[error("{0}")]
+    StoreLimit(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the service is overloaded; retry after {retry_after} s")]
     Overloaded { retry_after: u32, cause: String },
     #[error("internal error")]
@@ -84,6 +89,16 @@ impl ApiError {
                 "Request in progress",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            StoreLimit(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Too large for the store",
+            ),
+            Unsupported(_) => (
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                "Not supported by this backend",
+            ),
             Overloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -110,6 +125,8 @@ impl From<StoreError> for ApiError {
                 cause,
             },
             StoreError::Conflict(c) => ApiError::Conflict(c),
+            StoreError::TooLarge(c) => ApiError::StoreLimit(c),
+            StoreError::Unsupported(c) => ApiError::Unsupported(c),
             StoreError::Internal(c) => ApiError::Internal(c),
         }
     }

@@ -16,7 +16,7 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use fluxcb_core::callback::{Callback, FieldError, NewCallback};
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{IdempotencyRecord, IngestBatch, IngestResult};
+use fluxcb_core::ports::{Due, IdempotencyRecord, IngestBatch, IngestResult};
 use fluxcb_core::tenant::TenantId;
 use sha2::{Digest, Sha256};
 
@@ -213,7 +213,13 @@ async fn ingest(
         serde_json::to_vec(&Accepted::of(&callbacks[0]))
     }
     .expect("responses serialise");
-    let ids: Vec<CallbackId> = callbacks.iter().map(|c| c.id).collect();
+    let due: Vec<Due> = callbacks
+        .iter()
+        .map(|c| Due {
+            id: c.id,
+            at: c.next_attempt_at.unwrap_or(c.created_at),
+        })
+        .collect();
     let result = state
         .callbacks
         .ingest(IngestBatch {
@@ -229,8 +235,8 @@ async fn ingest(
         .await?;
     match result {
         IngestResult::Accepted => {
-            metrics::counter!(fluxcb_core::metric_names::ACCEPTED).increment(ids.len() as u64);
-            state.notify_queue(&ids).await;
+            metrics::counter!(fluxcb_core::metric_names::ACCEPTED).increment(due.len() as u64);
+            state.notify_queue(&due).await;
             Ok(json_response(StatusCode::ACCEPTED, body, false))
         }
         IngestResult::Replayed { status, body } => Ok(json_response(

@@ -18,8 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use fluxcb_core::callback::CallbackDefaults;
-use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{CallbackStore, Clock, KeyStore, Queue, SecretStore};
+use fluxcb_core::ports::{CallbackStore, Clock, Due, KeyStore, Queue, SecretStore};
 
 pub use ingest::InFlightKeys;
 
@@ -76,9 +75,9 @@ impl AppState {
 
     /// The callbacks are committed already; a failed notification only delays them until the
     /// store is next polled (locally) or swept (on AWS), so it is logged, not returned.
-    pub async fn notify_queue(&self, ids: &[CallbackId]) {
-        if let Err(e) = self.queue.notify(ids).await {
-            tracing::warn!(error = %e, count = ids.len(), "could not notify the queue; the sweep will pick these up");
+    pub async fn notify_queue(&self, due: &[Due]) {
+        if let Err(e) = self.queue.notify(due).await {
+            tracing::warn!(error = %e, count = due.len(), "could not notify the queue; the sweep will pick these up");
         }
     }
 }

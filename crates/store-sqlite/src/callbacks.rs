@@ -9,7 +9,7 @@ use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{
     ActionResult, CallbackDetail, CallbackPage, CallbackStore, IngestBatch, IngestResult,
-    ListFilter, PageRequest, StoreError,
+    ListFilter, PageRequest, PolledStore, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -232,34 +232,6 @@ impl CallbackStore for SqliteStore {
             .await
     }
 
-    async fn claim_due(
-        &self,
-        tenant: &TenantId,
-        now: DateTime<Utc>,
-        limit: u32,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Callback>, StoreError> {
-        let tenant = tenant.clone();
-        self.writer()
-            .write(Durability::Relaxed, move |c| {
-                c.prepare_cached(&format!(
-                    "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2 \
-                     WHERE rowid IN (SELECT rowid FROM callbacks WHERE tenant = ?1 AND {DUE} \
-                     AND next_attempt_at <= ?2 ORDER BY next_attempt_at LIMIT ?4) \
-                     RETURNING {CALLBACK_COLUMNS}"
-                ))
-                .and_then(|mut s| {
-                    s.query_map(
-                        params![tenant.as_str(), ms(now), ms(lease_until), limit],
-                        rows::callback,
-                    )?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(sql)
-            })
-            .await
-    }
-
     async fn claim(
         &self,
         id: &CallbackId,
@@ -281,37 +253,6 @@ impl CallbackStore for SqliteStore {
                 .map_err(sql)
             })
             .await
-    }
-
-    async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError> {
-        self.read(move |c| {
-            let names = c
-                .prepare_cached(&format!(
-                    "SELECT name FROM tenants t WHERE EXISTS (SELECT 1 FROM callbacks \
-                     WHERE tenant = t.name AND {DUE} AND next_attempt_at <= ?1)"
-                ))?
-                .query_map([ms(now)], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(names
-                .into_iter()
-                .filter_map(|n| TenantId::parse(&n).ok())
-                .collect())
-        })
-        .await
-    }
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.read(move |c| {
-            // Per tenant, so each MIN is one seek on the due index rather than a scan of it.
-            let next: Option<i64> = c
-                .prepare_cached(&format!(
-                    "SELECT MIN((SELECT MIN(next_attempt_at) FROM callbacks \
-                     WHERE tenant = t.name AND {DUE})) FROM tenants t"
-                ))?
-                .query_row([], |r| r.get(0))?;
-            Ok(next.map(from_ms))
-        })
-        .await
     }
 
     async fn record_attempt(
@@ -438,6 +379,68 @@ impl CallbackStore for SqliteStore {
                 .into_iter()
                 .filter_map(|(s, n)| Some((s.parse().ok()?, n as u64)))
                 .collect())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PolledStore for SqliteStore {
+    async fn claim_due(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Callback>, StoreError> {
+        let tenant = tenant.clone();
+        self.writer()
+            .write(Durability::Relaxed, move |c| {
+                c.prepare_cached(&format!(
+                    "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2 \
+                     WHERE rowid IN (SELECT rowid FROM callbacks WHERE tenant = ?1 AND {DUE} \
+                     AND next_attempt_at <= ?2 ORDER BY next_attempt_at LIMIT ?4) \
+                     RETURNING {CALLBACK_COLUMNS}"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![tenant.as_str(), ms(now), ms(lease_until), limit],
+                        rows::callback,
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn tenants_with_due(&self, now: DateTime<Utc>) -> Result<Vec<TenantId>, StoreError> {
+        self.read(move |c| {
+            let names = c
+                .prepare_cached(&format!(
+                    "SELECT name FROM tenants t WHERE EXISTS (SELECT 1 FROM callbacks \
+                     WHERE tenant = t.name AND {DUE} AND next_attempt_at <= ?1)"
+                ))?
+                .query_map([ms(now)], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(names
+                .into_iter()
+                .filter_map(|n| TenantId::parse(&n).ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(move |c| {
+            // Per tenant, so each MIN is one seek on the due index rather than a scan of it.
+            let next: Option<i64> = c
+                .prepare_cached(&format!(
+                    "SELECT MIN((SELECT MIN(next_attempt_at) FROM callbacks \
+                     WHERE tenant = t.name AND {DUE})) FROM tenants t"
+                ))?
+                .query_row([], |r| r.get(0))?;
+            Ok(next.map(from_ms))
         })
         .await
     }

@@ -11,7 +11,7 @@ use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{
     CallbackStore, IdempotencyRecord, IngestBatch, IngestResult, ListFilter, PageRequest,
-    StoreError,
+    PolledStore, StoreError,
 };
 use fluxcb_core::retry::{DeadLetterReason, Decision};
 use fluxcb_core::status::Status;

@@ -1,0 +1,158 @@
+//! The SQS consumer: for each `deliver` message, claim the callback in the table, make one
+//! attempt with the engine's shared step, record it, and send a delayed message for a retry
+//! within the queue's reach. Used by the Lambda deliverer (one batch per invocation) and by the
+//! container mode's poller. The table decides every callback's fate; the message's receive
+//! count never does.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fluxcb_core::engine::attempt_delivery;
+use fluxcb_core::message::{MessageError, QueueMessage};
+use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
+use fluxcb_core::retry::{Decision, RetryPolicy};
+use fluxcb_delivery::destinations::{Destinations, Verdict};
+use fluxcb_delivery::dispatcher::record_metrics;
+use fluxcb_delivery::secrets::SecretCache;
+use futures_util::future::join_all;
+
+use crate::queue::SqsQueue;
+use crate::store::{DynamoStore, MAX_QUEUE_DELAY};
+
+/// One received message: its id (what a partial batch failure names) and body.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub message_id: String,
+    pub body: String,
+}
+
+/// What became of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// An attempt was made and recorded.
+    Attempted,
+    /// The callback is not due, in flight elsewhere, finished or gone: a duplicate or stale
+    /// message, dropped.
+    Stale,
+    /// The destination is saturated or its circuit is open: returned to waiting with a delayed
+    /// message, no attempt counted.
+    Deferred,
+    /// Unusable message, moved to the dead letter queue with its reason.
+    Poison(String),
+}
+
+pub struct Deliverer {
+    pub store: Arc<DynamoStore>,
+    pub queue: SqsQueue,
+    pub sender: Arc<dyn Sender>,
+    pub secrets: Arc<SecretCache>,
+    pub policy: RetryPolicy,
+    pub clock: Arc<dyn Clock>,
+    /// Per instance: each Lambda instance (or container) protects destinations on its own,
+    /// bounded overall by the event source's maximum concurrency.
+    pub destinations: Arc<Destinations>,
+    /// How long a claim lasts: the longest attempt plus a margin. A worker that dies holding a
+    /// callback gives it back when this runs out (the sweeper recovers it).
+    pub lease: Duration,
+}
+
+impl Deliverer {
+    /// Handles a batch concurrently; returns the ids of messages to return to the queue (they
+    /// become visible again after the visibility timeout).
+    pub async fn handle_batch(&self, records: &[Record]) -> Vec<String> {
+        let results = join_all(records.iter().map(|r| self.handle(r))).await;
+        records
+            .iter()
+            .zip(results)
+            .filter_map(|(r, result)| match result {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(message_id = %r.message_id, error = %e, "message returned to the queue");
+                    Some(r.message_id.clone())
+                }
+            })
+            .collect()
+    }
+
+    pub async fn handle(&self, record: &Record) -> Result<Handled, StoreError> {
+        let id = match QueueMessage::decode(&record.body) {
+            Ok(QueueMessage::Deliver { callback_id, .. }) => callback_id,
+            Err(MessageError::UnknownVersion(v)) => {
+                // A newer worker wrote it during a rolling deploy: leave it for one.
+                return Err(StoreError::Unavailable(format!(
+                    "message version {v} is newer than this worker"
+                )));
+            }
+            Err(e @ MessageError::Malformed(_)) => {
+                let reason = e.to_string();
+                tracing::error!(message_id = %record.message_id, reason = %reason, "unusable queue message moved to the dead letter queue");
+                self.queue
+                    .to_dead_letter_queue(&record.body, &reason)
+                    .await?;
+                return Ok(Handled::Poison(reason));
+            }
+        };
+        let now = self.clock.now();
+        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        let Some(callback) = self.store.claim(&id, now, lease_until).await? else {
+            tracing::debug!(callback_id = %id, "stale message: the callback is not due here");
+            return Ok(Handled::Stale);
+        };
+        let dest = callback.destination();
+        if let Err(until) = self.destinations.try_enter(&dest, Instant::now()) {
+            let wait = until.saturating_duration_since(Instant::now());
+            let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+            self.store.defer(vec![(id, at)]).await?;
+            self.enqueue_retry(Due { id, at }).await;
+            return Ok(Handled::Deferred);
+        }
+        let secrets = match self.secrets.get(&callback.tenant).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.destinations
+                    .finish(&dest, Verdict::Neutral, Instant::now());
+                // Leave it claimed: the lease brings it back once the table answers again.
+                return Err(e);
+            }
+        };
+        let step = attempt_delivery(
+            &callback,
+            self.sender.as_ref(),
+            &secrets,
+            &self.policy,
+            self.clock.as_ref(),
+        )
+        .await;
+        let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
+        self.destinations.finish(&dest, verdict, Instant::now());
+        record_metrics(&callback, &step, self.clock.now());
+        tracing::info!(
+            callback_id = %callback.id,
+            tenant = %callback.tenant,
+            attempt = step.attempt.number,
+            status_code = step.attempt.status_code,
+            error = step.attempt.error.map(|e| e.as_str()),
+            decision = ?step.decision,
+            "attempt finished"
+        );
+        self.store
+            .record_attempt(&callback.id, step.attempt, step.decision, self.clock.now())
+            .await?;
+        if let Decision::RetryAt(at) = step.decision {
+            self.enqueue_retry(Due { id, at }).await;
+        }
+        Ok(Handled::Attempted)
+    }
+
+    /// A retry within 15 minutes gets its own delayed message; a later one is the sweeper's.
+    /// A failed send is logged only: the sweeper re-sends once the callback is overdue.
+    async fn enqueue_retry(&self, due: Due) {
+        let now = Utc::now();
+        if due.at - now > MAX_QUEUE_DELAY {
+            return;
+        }
+        if let Err(e) = self.queue.send_due(&[due], now).await {
+            tracing::warn!(callback_id = %due.id, error = %e, "could not enqueue a retry; the sweeper will");
+        }
+    }
+}

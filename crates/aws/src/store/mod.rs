@@ -1,0 +1,147 @@
+//! The callback table on DynamoDB: one table holds callbacks, their attempts and history,
+//! idempotency records, API keys and signing secrets (single-table design, so that a callback
+//! and its audit trail are one partition and ingest is one transaction).
+//!
+//! | item | `pk` | `sk` |
+//! |---|---|---|
+//! | callback | `cb#<id>` | `cb` |
+//! | attempt | `cb#<id>` | `at#<number>#<ulid>` |
+//! | operator action, recovery | `cb#<id>` | `ev#<ulid>` |
+//! | idempotency record | `idem#<tenant>#<key>` | `idem` |
+//! | API key | `keys` | `<sha-256 of the key>` |
+//! | signing secret | `secrets#<tenant>` | `<ulid>` |
+//!
+//! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
+//! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
+//! needs a message with one query per shard; `by_tenant` (`tenant`, `id`) and `by_status`
+//! (`tenant_status`, `id`) serve listings newest first.
+mod admin;
+mod callbacks;
+mod items;
+mod sweep;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use fluxcb_core::ports::StoreError;
+
+pub use sweep::{SweepCandidate, SweepKind};
+
+/// Shards of the `due` index: one partition key would cap the sweeper's index at one
+/// partition's write rate.
+pub const DUE_SHARDS: u32 = 8;
+/// The longest delay an SQS message can carry. Callbacks due within it get a delayed message
+/// when written; later ones are left to the sweeper.
+pub const MAX_QUEUE_DELAY: chrono::TimeDelta = chrono::TimeDelta::seconds(900);
+/// DynamoDB's item size limit (400 KB), less room for the attributes added after ingest.
+pub const MAX_ITEM_BYTES: usize = 390_000;
+/// Actions in one `TransactWriteItems` call.
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+pub const INDEX_DUE: &str = "due";
+pub const INDEX_BY_TENANT: &str = "by_tenant";
+pub const INDEX_BY_STATUS: &str = "by_status";
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// How long finished callbacks and idempotency records are kept. Written as each item's TTL
+/// (`expires_at`), and also checked on read, since DynamoDB deletes expired items lazily.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRetention {
+    pub callbacks: Duration,
+    pub idempotency_keys: Duration,
+}
+
+impl Default for StoreRetention {
+    fn default() -> Self {
+        Self {
+            callbacks: Duration::from_secs(7 * 86_400),
+            idempotency_keys: Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    retention: StoreRetention,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention: StoreRetention) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            retention,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Maps an SDK error to the store's error kinds: throttling becomes `Busy` (503 with
+/// `Retry-After`), an unreachable service `Unavailable`, anything else `Internal`.
+pub(crate) fn store_error<E, R>(op: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            return StoreError::Unavailable(format!("{op}: DynamoDB is unreachable: {e}"))
+        }
+        _ => {}
+    }
+    let code = e.code().unwrap_or_default().to_owned();
+    let message = e.message().unwrap_or_default().to_owned();
+    match code.as_str() {
+        "ProvisionedThroughputExceededException"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TransactionConflictException"
+        | "TransactionInProgressException"
+        | "LimitExceededException" => StoreError::Busy(format!("{op}: {code}: {message}")),
+        "ResourceNotFoundException" => {
+            StoreError::Unavailable(format!("{op}: the table does not exist: {message}"))
+        }
+        "" => StoreError::Internal(format!("{op}: {e}")),
+        _ => StoreError::Internal(format!("{op}: {code}: {message}")),
+    }
+}
+
+/// The reasons a cancelled transaction gives, one per action (`"None"` where that action was
+/// not the cause).
+pub(crate) fn cancellation_codes<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> Option<Vec<String>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match e {
+        SdkError::ServiceError(se) => match se.err() {
+            TransactWriteItemsError::TransactionCanceledException(c) => Some(
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+pub(crate) fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
+}

@@ -1,0 +1,146 @@
+//! What the sweeper asks of the table: callbacks that need a queue message (never had one,
+//! or theirs seems lost) and in-flight callbacks whose lease ended.
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, TimeDelta, Utc};
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::StoreError;
+use fluxcb_core::status::Status;
+
+use super::items::{callback_from_item, callback_pk, from_ms, get_n, get_s, ms, n, s, CALLBACK_SK};
+use super::{is_conditional_failure, store_error, DynamoStore, DUE_SHARDS, INDEX_DUE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepKind {
+    /// Waiting and due within the queue's delay horizon, with no message sent for it yet (a
+    /// long wait), or with its last message sent long enough ago to count as lost.
+    Enqueue,
+    /// In flight past its lease: its worker died.
+    ExpiredLease,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepCandidate {
+    pub id: CallbackId,
+    pub due_at: DateTime<Utc>,
+    pub kind: SweepKind,
+    /// `enqueued_at` as read, so that marking it is conditional on nobody else having sent one.
+    pub enqueued_at: Option<i64>,
+    pub callback: Option<fluxcb_core::callback::Callback>,
+}
+
+impl DynamoStore {
+    /// Callbacks whose `due` time is before `horizon` and that need the sweeper: waiting ones
+    /// without a message (or whose message was sent more than `grace` before they came due
+    /// and they are still waiting), and in-flight ones whose lease ended before `now`.
+    /// At most `limit` per call.
+    pub async fn sweep_candidates(
+        &self,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+        grace: TimeDelta,
+        limit: usize,
+    ) -> Result<Vec<SweepCandidate>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let mut start = None;
+            loop {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(INDEX_DUE)
+                    .key_condition_expression("due_pk = :p AND due_sk <= :h")
+                    .expression_attribute_values(":p", s(format!("due#{shard}")))
+                    .expression_attribute_values(":h", s(format!("{:013}~", ms(horizon).max(0))))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| store_error("sweeping the due index", e))?;
+                for item in page.items.unwrap_or_default() {
+                    let Some(status) = get_s(&item, "status").and_then(|v| v.parse().ok()) else {
+                        continue;
+                    };
+                    let Some(id) = get_s(&item, "id").and_then(|v| v.parse().ok()) else {
+                        continue;
+                    };
+                    let enqueued_at = get_n(&item, "enqueued_at");
+                    match status {
+                        Status::Delivering => {
+                            let lease = get_n(&item, "lease_until").map(from_ms);
+                            if lease.is_some_and(|l| l < now) {
+                                out.push(SweepCandidate {
+                                    id,
+                                    due_at: now,
+                                    kind: SweepKind::ExpiredLease,
+                                    enqueued_at,
+                                    callback: Some(callback_from_item(&item)?),
+                                });
+                            }
+                        }
+                        Status::Pending | Status::Scheduled => {
+                            let Some(due) = get_n(&item, "next_attempt_at").map(from_ms) else {
+                                continue;
+                            };
+                            let needs = match enqueued_at.map(from_ms) {
+                                None => true,
+                                // Sent, and overdue by more than `grace` since it became
+                                // visible: the message is presumed lost.
+                                Some(sent) => now - due.max(sent) > grace,
+                            };
+                            if needs {
+                                out.push(SweepCandidate {
+                                    id,
+                                    due_at: due,
+                                    kind: SweepKind::Enqueue,
+                                    enqueued_at,
+                                    callback: None,
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+                start = page.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a message was sent for a waiting callback, unless someone else did first.
+    pub async fn mark_enqueued(
+        &self,
+        candidate: &SweepCandidate,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(callback_pk(&candidate.id)))
+            .key("sk", s(CALLBACK_SK))
+            .update_expression("SET enqueued_at = :now")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":now", n(ms(now)))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":scheduled", s(Status::Scheduled.as_str()));
+        update = match candidate.enqueued_at {
+            Some(previous) => update
+                .condition_expression("#st IN (:pending, :scheduled) AND enqueued_at = :prev")
+                .expression_attribute_values(":prev", AttributeValue::N(previous.to_string())),
+            None => update.condition_expression(
+                "#st IN (:pending, :scheduled) AND attribute_not_exists(enqueued_at)",
+            ),
+        };
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(store_error("marking a callback enqueued", e)),
+        }
+    }
+}

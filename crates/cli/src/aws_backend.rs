@@ -1,0 +1,160 @@
+//! The AWS backend's composition, shared by `fluxcb serve --backend aws` (container mode: the
+//! API, an SQS poller and a sweeper timer in one process) and the Lambda entry points (one
+//! piece per function). Clients and caches are created once per process, which on Lambda
+//! means once per cold start.
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use fluxcb_aws::deliverer::Deliverer;
+use fluxcb_aws::poller::{self, PollerConfig};
+use fluxcb_aws::queue::SqsQueue;
+use fluxcb_aws::store::{DynamoStore, StoreRetention};
+use fluxcb_aws::sweeper::Sweeper;
+use fluxcb_aws::{AwsClients, AwsResources};
+use fluxcb_core::ports::{Clock, SystemClock};
+use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
+use fluxcb_delivery::secrets::SecretCache;
+use fluxcb_http::AppState;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{api_state, ensure_admin_key, ensure_signing_secret, http_sender, StartError};
+use crate::config::Settings;
+
+/// The longest attempt (60 s) plus time to record it: a claim's lease. A worker that dies
+/// holding a callback gives it back when this runs out.
+pub const LEASE: Duration = Duration::from_secs(90);
+
+pub struct AwsParts {
+    pub resources: AwsResources,
+    pub clients: AwsClients,
+    pub store: Arc<DynamoStore>,
+    pub queue: SqsQueue,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AwsParts {
+    /// Reads `FLUXCB_DYNAMODB_TABLE`, `FLUXCB_SQS_QUEUE_URL`, `FLUXCB_SQS_DLQ_URL` and the
+    /// standard AWS environment.
+    pub async fn from_env(settings: &Settings) -> Result<Self, StartError> {
+        let resources = AwsResources::from_env().map_err(|e| StartError::Config(e.to_string()))?;
+        Ok(Self::new(settings, resources, AwsClients::from_env().await))
+    }
+
+    pub fn new(settings: &Settings, resources: AwsResources, clients: AwsClients) -> Self {
+        let store = Arc::new(DynamoStore::new(
+            clients.dynamodb.clone(),
+            resources.table.clone(),
+            StoreRetention {
+                callbacks: settings.retention,
+                idempotency_keys: settings.idempotency_retention,
+            },
+        ));
+        let queue = SqsQueue::new(
+            clients.sqs.clone(),
+            resources.queue_url.clone(),
+            resources.dlq_url.clone(),
+        );
+        Self {
+            resources,
+            clients,
+            store,
+            queue,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Makes sure an admin key and a signing secret exist (as `serve` does locally). Returns a
+    /// generated admin key, shown once.
+    pub async fn prepare(&self, settings: &Settings) -> Result<Option<String>, StartError> {
+        let generated = ensure_admin_key(self.store.as_ref(), settings.api_key.as_deref()).await?;
+        ensure_signing_secret(self.store.as_ref(), settings).await?;
+        Ok(generated)
+    }
+
+    pub fn api_state(
+        &self,
+        settings: &Settings,
+        metrics: Option<fluxcb_http::MetricsRender>,
+    ) -> AppState {
+        api_state(
+            settings,
+            self.store.clone(),
+            self.store.clone(),
+            self.store.clone(),
+            Arc::new(self.queue.clone()),
+            self.clock.clone(),
+            metrics,
+        )
+    }
+
+    pub fn deliverer(&self, settings: &Settings) -> Result<Deliverer, StartError> {
+        Ok(Deliverer {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            sender: Arc::new(http_sender(settings)?),
+            secrets: Arc::new(SecretCache::new(self.store.clone(), Duration::from_secs(5))),
+            policy: settings.retry.clone(),
+            clock: self.clock.clone(),
+            destinations: Arc::new(Destinations::new(DestinationLimits {
+                max_in_flight: settings.destination_max_in_flight,
+                ..DestinationLimits::default()
+            })),
+            lease: LEASE,
+        })
+    }
+
+    pub fn sweeper(&self, settings: &Settings) -> Sweeper {
+        Sweeper {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            grace: TimeDelta::from_std(settings.sweep_grace).unwrap_or(TimeDelta::minutes(2)),
+            limit: 10_000,
+        }
+    }
+
+    /// Container mode's workers: the SQS poller and the sweeper timer.
+    pub fn engine(&self, settings: &Settings) -> Result<AwsEngine, StartError> {
+        Ok(AwsEngine {
+            deliverer: Arc::new(self.deliverer(settings)?),
+            sweeper: self.sweeper(settings),
+            sweep_interval: settings.sweep_interval,
+            poller: PollerConfig {
+                workers: (settings.max_in_flight / 10).clamp(1, 32),
+                wait: Duration::from_secs(10),
+            },
+        })
+    }
+}
+
+pub struct AwsEngine {
+    deliverer: Arc<Deliverer>,
+    sweeper: Sweeper,
+    sweep_interval: Duration,
+    poller: PollerConfig,
+}
+
+impl AwsEngine {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let polling = tokio::spawn(poller::run(self.deliverer, self.poller, shutdown.clone()));
+        let sweeper = self.sweeper;
+        let interval = self.sweep_interval;
+        let sweeping = tokio::spawn(async move {
+            loop {
+                match sweeper.sweep_once(Utc::now()).await {
+                    Ok(r) if r.enqueued > 0 || r.recovered > 0 => {
+                        tracing::info!(enqueued = r.enqueued, recovered = r.recovered, "sweep")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        let _ = polling.await;
+        let _ = sweeping.await;
+    }
+}
