@@ -26,25 +26,7 @@ pub struct AwsResources {
     pub dlq_url: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0} is not set: the AWS backend needs FLUXCB_DYNAMODB_TABLE, FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL (`fluxcb aws bootstrap` creates them and prints these)")]
-pub struct MissingEnv(pub &'static str);
-
 impl AwsResources {
-    pub fn from_env() -> Result<Self, MissingEnv> {
-        let get = |name: &'static str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or(MissingEnv(name))
-        };
-        Ok(Self {
-            table: get(ENV_TABLE)?,
-            queue_url: get(ENV_QUEUE_URL)?,
-            dlq_url: get(ENV_DLQ_URL)?,
-        })
-    }
-
     /// The three variables, as `fluxcb aws bootstrap` prints them.
     pub fn as_env(&self) -> String {
         format!(

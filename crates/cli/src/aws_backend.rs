@@ -34,10 +34,17 @@ pub struct AwsParts {
 }
 
 impl AwsParts {
-    /// Reads `FLUXCB_DYNAMODB_TABLE`, `FLUXCB_SQS_QUEUE_URL`, `FLUXCB_SQS_DLQ_URL` and the
-    /// standard AWS environment.
+    /// The table and queues from the settings (`FLUXCB_DYNAMODB_TABLE`, `FLUXCB_SQS_QUEUE_URL`,
+    /// `FLUXCB_SQS_DLQ_URL`), credentials and region from the standard AWS environment.
     pub async fn from_env(settings: &Settings) -> Result<Self, StartError> {
-        let resources = AwsResources::from_env().map_err(|e| StartError::Config(e.to_string()))?;
+        let names = settings.aws.clone().ok_or_else(|| {
+            StartError::Config("the AWS backend is not configured (backend = aws)".into())
+        })?;
+        let resources = AwsResources {
+            table: names.table,
+            queue_url: names.queue_url,
+            dlq_url: names.dlq_url,
+        };
         Ok(Self::new(settings, resources, AwsClients::from_env().await))
     }
 

@@ -44,7 +44,8 @@ pub struct ClientArgs {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the API, the delivery workers and maintenance on the embedded store.
+    /// Run the API, the delivery workers and maintenance (on the embedded store, or with
+    /// `--backend aws` on DynamoDB and SQS: container mode).
     Serve {
         /// Address to listen on [env: FLUXCB_LISTEN] [default: 127.0.0.1:8080]
         #[arg(long)]
@@ -58,6 +59,10 @@ pub enum Command {
     /// Manage API keys (opens the store directly).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The AWS backend's resources.
+    #[cfg(feature = "aws")]
+    #[command(subcommand)]
+    Aws(AwsCommand),
     /// Manage signing secrets (opens the store directly).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -204,5 +209,18 @@ pub enum SecretsCommand {
         tenant: String,
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[cfg(feature = "aws")]
+#[derive(Subcommand)]
+pub enum AwsCommand {
+    /// Create the callback table and the queues with the template's settings (for an emulator
+    /// or a sandbox account; uses the standard AWS environment, including AWS_ENDPOINT_URL),
+    /// and print FLUXCB_DYNAMODB_TABLE, FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL.
+    Bootstrap {
+        /// Prefix of the resource names: <prefix>-callbacks, <prefix>-work, <prefix>-dead-letters.
+        #[arg(long, default_value = "fluxcb")]
+        prefix: String,
     },
 }

@@ -43,6 +43,10 @@ pub struct Config {
     /// AWS backend: how long a sent queue message may be overdue before the sweeper presumes it
     /// lost and sends another.
     pub sweep_grace: String,
+    /// AWS backend: the callback table, the work queue and its dead letter queue.
+    pub dynamodb_table: String,
+    pub sqs_queue_url: String,
+    pub sqs_dlq_url: String,
 }
 
 impl Default for Config {
@@ -68,6 +72,9 @@ impl Default for Config {
             log_format: "auto".into(),
             sweep_interval: "60s".into(),
             sweep_grace: "2m".into(),
+            dynamodb_table: String::new(),
+            sqs_queue_url: String::new(),
+            sqs_dlq_url: String::new(),
         }
     }
 }
@@ -93,6 +100,9 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "sweep_interval",
     "sweep_grace",
+    "dynamodb_table",
+    "sqs_queue_url",
+    "sqs_dlq_url",
 ];
 
 /// Flags that override everything else.
@@ -156,6 +166,15 @@ pub struct Settings {
     pub batch_body_limit: usize,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
+    /// The AWS backend's table and queues; all three are set when the backend is `aws`.
+    pub aws: Option<AwsNames>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsNames {
+    pub table: String,
+    pub queue_url: String,
+    pub dlq_url: String,
 }
 
 impl Config {
@@ -203,6 +222,24 @@ impl Config {
             &self.sweep_interval,
         );
         let sweep_grace = duration("sweep_grace", "FLUXCB_SWEEP_GRACE", &self.sweep_grace);
+        let aws = (backend == Some(Backend::Aws)).then(|| AwsNames {
+            table: self.dynamodb_table.clone(),
+            queue_url: self.sqs_queue_url.clone(),
+            dlq_url: self.sqs_dlq_url.clone(),
+        });
+        if let Some(names) = &aws {
+            for (value, key) in [
+                (&names.table, "dynamodb_table (FLUXCB_DYNAMODB_TABLE)"),
+                (&names.queue_url, "sqs_queue_url (FLUXCB_SQS_QUEUE_URL)"),
+                (&names.dlq_url, "sqs_dlq_url (FLUXCB_SQS_DLQ_URL)"),
+            ] {
+                if value.is_empty() {
+                    errors.push(format!(
+                        "{key}: the AWS backend needs it (`fluxcb aws bootstrap` creates the table and queues and prints the variables)"
+                    ));
+                }
+            }
+        }
         let secret = self
             .signing_secret
             .as_deref()
@@ -322,6 +359,7 @@ impl Config {
             batch_body_limit: self.batch_body_limit,
             sweep_interval,
             sweep_grace,
+            aws,
         })
     }
 }

@@ -58,6 +58,15 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
             local::serve(config).await
         }
         Keys(cmd) => local::keys(file, cmd).await,
+        #[cfg(feature = "aws")]
+        Aws(cli::AwsCommand::Bootstrap { prefix }) => {
+            let clients = fluxcb_aws::AwsClients::from_env().await;
+            let resources = fluxcb_aws::bootstrap::bootstrap(&clients, &prefix)
+                .await
+                .map_err(|e| format!("aws bootstrap: {e}"))?;
+            print!("{}", resources.as_env());
+            Ok(())
+        }
         Secrets(cmd) => local::secrets(file, cmd).await,
         Backup { store, out } => local::backup(file, store, &out),
         Restore { store, from } => local::restore(file, store, &from),

@@ -253,3 +253,62 @@ impl SecretStore for DynamoStore {
         Ok(())
     }
 }
+
+const TENANTS_PK: &str = "tenants";
+
+impl DynamoStore {
+    /// Records that a tenant has callbacks, once per tenant and process, so that an admin
+    /// listing across tenants knows whom to ask. An unconditional put of the same item, so
+    /// concurrent writers never conflict.
+    pub(crate) async fn register_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        if self
+            .known_tenants
+            .lock()
+            .expect("tenant cache poisoned")
+            .contains(tenant)
+        {
+            return Ok(());
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(TENANTS_PK))
+            .item("sk", s(tenant.as_str()))
+            .send()
+            .await
+            .map_err(|e| store_error("registering a tenant", e))?;
+        self.known_tenants
+            .lock()
+            .expect("tenant cache poisoned")
+            .insert(tenant.clone());
+        Ok(())
+    }
+
+    /// Every tenant that has ever had a callback.
+    pub(crate) async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut tenants = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(TENANTS_PK))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| store_error("listing tenants", e))?;
+            tenants.extend(
+                page.items
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|i| get_s(i, "sk").and_then(|t| TenantId::parse(t).ok())),
+            );
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(tenants);
+            }
+        }
+    }
+}

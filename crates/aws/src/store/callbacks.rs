@@ -280,40 +280,9 @@ impl DynamoStore {
         ))
     }
 
-    /// The index query behind a listing: which index, its key condition and values.
-    fn list_query(
-        &self,
-        scope: &Scope,
-        filter: &ListFilter,
-    ) -> Result<(&'static str, String, String), StoreError> {
-        if filter.host.is_some() || filter.metadata.is_some() {
-            return Err(StoreError::Unsupported(
-                "filtering by destination host or metadata is not served by an index on the \
-                 AWS backend; filter by status and creation time instead"
-                    .into(),
-            ));
-        }
-        let tenant: &TenantId = match scope {
-            Scope::Tenant(t) => t,
-            Scope::All => filter.tenant.as_ref().ok_or_else(|| {
-                StoreError::Unsupported(
-                    "on the AWS backend an admin listing names one tenant (tenant=...); \
-                     listing across all tenants would scan the table"
-                        .into(),
-                )
-            })?,
-        };
-        Ok(match filter.status {
-            Some(st) => (
-                INDEX_BY_STATUS,
-                "tenant_status".into(),
-                tenant_status(tenant, st),
-            ),
-            None => (INDEX_BY_TENANT, "tenant".into(), tenant.as_str().to_owned()),
-        })
-    }
-
-    /// Ids newest first within the filter, `limit` at most, strictly older than `before`.
+    /// Items newest first within the filter, `limit` at most, strictly older than `before`.
+    /// One index query per tenant in scope: an admin listing without `tenant` merges the
+    /// tenants' pages (an index across tenants would be one hot partition).
     async fn list_items(
         &self,
         scope: &Scope,
@@ -321,7 +290,45 @@ impl DynamoStore {
         before: Option<CallbackId>,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError> {
-        let (index, key_attr, key_value) = self.list_query(scope, filter)?;
+        if filter.host.is_some() || filter.metadata.is_some() {
+            return Err(StoreError::Unsupported(
+                "filtering by destination host or metadata is not served by an index on the \
+                 AWS backend; filter by status and creation time instead"
+                    .into(),
+            ));
+        }
+        let tenants = match scope {
+            Scope::Tenant(t) => vec![t.clone()],
+            Scope::All => match &filter.tenant {
+                Some(t) => vec![t.clone()],
+                None => self.tenants().await?,
+            },
+        };
+        let mut merged = Vec::new();
+        for tenant in &tenants {
+            merged.extend(
+                self.list_tenant_items(tenant, filter, before, limit)
+                    .await?,
+            );
+        }
+        if tenants.len() > 1 {
+            merged.sort_by(|a, b| get_s(b, "id").cmp(&get_s(a, "id")));
+            merged.truncate(limit);
+        }
+        Ok(merged)
+    }
+
+    async fn list_tenant_items(
+        &self,
+        tenant: &TenantId,
+        filter: &ListFilter,
+        before: Option<CallbackId>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let (index, key_attr, key_value) = match filter.status {
+            Some(st) => (INDEX_BY_STATUS, "tenant_status", tenant_status(tenant, st)),
+            None => (INDEX_BY_TENANT, "tenant", tenant.as_str().to_owned()),
+        };
         // Ids are ULIDs: creation time bounds are id bounds.
         let id_bound = |t: DateTime<Utc>| {
             CallbackId::from_ulid(ulid::Ulid::from_parts(ms(t).max(0) as u64, 0)).to_string()
@@ -347,7 +354,7 @@ impl DynamoStore {
                 .table_name(&self.table)
                 .index_name(index)
                 .key_condition_expression("#k = :k AND id BETWEEN :lo AND :hi")
-                .expression_attribute_names("#k", key_attr.as_str())
+                .expression_attribute_names("#k", key_attr)
                 .expression_attribute_values(":k", s(key_value.as_str()))
                 .expression_attribute_values(":lo", s(low.as_str()))
                 .expression_attribute_values(":hi", s(high.as_str()))
@@ -400,6 +407,7 @@ impl CallbackStore for DynamoStore {
                 )));
             }
         }
+        self.register_tenant(&tenant).await?;
         let Some(idem) = idempotency else {
             let items = callbacks.iter().map(callback_item).collect();
             self.write_chunks(items).await?;

@@ -69,6 +69,9 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention: StoreRetention,
+    /// Tenants this process has registered already (see `register_tenant`).
+    known_tenants:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashSet<fluxcb_core::tenant::TenantId>>>,
 }
 
 impl DynamoStore {
@@ -77,6 +80,7 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention,
+            known_tenants: Default::default(),
         }
     }
 

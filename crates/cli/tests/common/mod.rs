@@ -2,6 +2,8 @@
 //! real receiver on loopback that records what it gets and answers as each path asks.
 #![allow(dead_code)]
 
+pub mod aws;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,13 +41,32 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     }
 }
 
+/// Which backend a shared test suite runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Aws,
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_on(Backend::Sqlite, customize)
+        .await
+        .expect("the embedded backend always runs")
+}
+
+/// The app on `backend`, or `None` when that backend cannot run here (the AWS emulator is
+/// missing outside CI; [`aws::endpoint`] says so loudly).
+pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(data_dir.path());
+    if backend == Backend::Aws {
+        aws::endpoint()?;
+        aws::fresh_resources(&mut config).await;
+    }
     customize(&mut config);
     let settings = config.validate().expect("test config is valid");
     let app = App::build(&settings).await.expect("app builds");
@@ -57,14 +78,14 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         .expect("a fresh store generates an admin key");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestApp {
+    Some(TestApp {
         addr,
         key,
         http: reqwest::Client::new(),
         data_dir,
         shutdown,
         server,
-    }
+    })
 }
 
 impl TestApp {
