@@ -8,7 +8,7 @@ pub mod cli;
 mod client;
 pub mod config;
 mod local;
-mod logging;
+pub mod logging;
 
 use std::process::ExitCode;
 

@@ -1,1 +1,31 @@
-fn main() {}
+//! The sweeper function, on an EventBridge schedule: enqueue what came within the queue's
+//! reach or lost its message, recover expired leases, publish queue depths.
+use std::sync::Arc;
+use std::time::Instant;
+
+use lambda_runtime::{service_fn, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), fluxcb_lambda::Error> {
+    let started = Instant::now();
+    let (settings, parts) = fluxcb_lambda::init("sweeper").await?;
+    let sweeper = Arc::new(parts.sweeper(&settings));
+    fluxcb_lambda::ready("sweeper", started);
+    lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
+        let sweeper = sweeper.clone();
+        async move {
+            let report = sweeper.sweep_once(chrono::Utc::now()).await?;
+            tracing::info!(
+                enqueued = report.enqueued,
+                recovered = report.recovered,
+                "sweep finished"
+            );
+            fluxcb_lambda::flush_metrics();
+            Ok::<_, fluxcb_lambda::Error>(serde_json::json!({
+                "enqueued": report.enqueued,
+                "recovered": report.recovered,
+            }))
+        }
+    }))
+    .await
+}
