@@ -463,10 +463,61 @@ async fn finished_callbacks_expire_by_ttl_and_reads_hide_them_before_dynamodb_de
         .item
         .expect("still stored");
     let expires: i64 = raw["expires_at"].as_n().unwrap().parse().unwrap();
-    assert!((expires - Utc::now().timestamp() - 3).abs() <= 1, "{expires}");
+    assert!(
+        (expires - Utc::now().timestamp() - 3).abs() <= 1,
+        "{expires}"
+    );
     assert!(store.get(&Scope::All, &id).await.unwrap().is_some());
     // ...and reads treat it as gone once that time has passed.
     tokio::time::sleep(Duration::from_millis(4100)).await;
     assert!(store.get(&Scope::All, &id).await.unwrap().is_none());
+    aws.app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unavailable_table_answers_503_with_retry_after_and_stores_nothing() {
+    let Some(aws) = aws_app(|_| {}).await else {
+        return;
+    };
+    // Unreachable DynamoDB (nothing listens there): the store says unavailable, not internal.
+    let dead = format!("http://{}", common::free_loopback_addr());
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(dead)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
+        .build();
+    let unreachable = DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        aws.resources.table.clone(),
+        StoreRetention::default(),
+    );
+    let r = unreachable
+        .ingest(IngestBatch {
+            tenant: TenantId::default_tenant(),
+            callbacks: vec![callback("https://example.com/x", None)],
+            idempotency: None,
+        })
+        .await;
+    assert!(
+        matches!(r, Err(fluxcb_core::ports::StoreError::Unavailable(_))),
+        "{r:?}"
+    );
+    // The table disappears under a running server: callers get 503 with Retry-After.
+    aws.clients
+        .dynamodb
+        .delete_table()
+        .table_name(&aws.resources.table)
+        .send()
+        .await
+        .unwrap();
+    let r = aws
+        .app
+        .post("/v1/callbacks", &json!({"url": "https://example.com/y"}))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:fluxcb:problem:overloaded", "{p}");
     aws.app.stop().await;
 }

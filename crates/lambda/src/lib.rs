@@ -8,6 +8,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use fluxcb::aws_backend::AwsParts;
 use fluxcb::config::{self, Overrides, Settings};
 use fluxcb_aws::deliverer::{Deliverer, Record};
+use fluxcb_aws::sweeper::Sweeper;
 
 /// The CloudWatch namespace of the functions' EMF metrics (the alarms in the template use it).
 pub const METRICS_NAMESPACE: &str = "Fluxcb";
@@ -68,6 +69,24 @@ pub async fn handle_sqs(deliverer: &Deliverer, event: SqsEvent) -> SqsBatchRespo
         response.add_failure(id);
     }
     response
+}
+
+/// One scheduled sweep (an EventBridge "Scheduled Event"; its content is not used, so an
+/// EventBridge Scheduler payload works as well). Answers with what the run did.
+pub async fn handle_schedule(
+    sweeper: &Sweeper,
+    _event: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    let report = sweeper.sweep_once(chrono::Utc::now()).await?;
+    tracing::info!(
+        enqueued = report.enqueued,
+        recovered = report.recovered,
+        "sweep finished"
+    );
+    Ok(serde_json::json!({
+        "enqueued": report.enqueued,
+        "recovered": report.recovered,
+    }))
 }
 
 /// The API router as Lambda serves it: the same router as `fluxcb serve`, with the metrics

@@ -149,3 +149,48 @@ where
 {
     matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service_error(code: &str) -> SdkError<PutItemError, Response> {
+        let err = PutItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let raw = Response::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn throttling_is_busy_and_a_missing_table_unavailable() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TransactionConflictException",
+        ] {
+            assert!(
+                matches!(store_error("op", service_error(code)), StoreError::Busy(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            store_error("op", service_error("ResourceNotFoundException")),
+            StoreError::Unavailable(_)
+        ));
+        match store_error("op", service_error("ValidationException")) {
+            StoreError::Internal(m) => assert!(m.contains("ValidationException"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(is_conditional_failure(&service_error(
+            "ConditionalCheckFailedException"
+        )));
+        assert!(!is_conditional_failure(&service_error(
+            "ThrottlingException"
+        )));
+    }
+}

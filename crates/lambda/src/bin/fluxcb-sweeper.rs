@@ -11,20 +11,12 @@ async fn main() -> Result<(), fluxcb_lambda::Error> {
     let (settings, parts) = fluxcb_lambda::init("sweeper").await?;
     let sweeper = Arc::new(parts.sweeper(&settings));
     fluxcb_lambda::ready("sweeper", started);
-    lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let sweeper = sweeper.clone();
         async move {
-            let report = sweeper.sweep_once(chrono::Utc::now()).await?;
-            tracing::info!(
-                enqueued = report.enqueued,
-                recovered = report.recovered,
-                "sweep finished"
-            );
+            let result = fluxcb_lambda::handle_schedule(&sweeper, event.payload).await;
             fluxcb_lambda::flush_metrics();
-            Ok::<_, fluxcb_lambda::Error>(serde_json::json!({
-                "enqueued": report.enqueued,
-                "recovered": report.recovered,
-            }))
+            result
         }
     }))
     .await
