@@ -135,6 +135,65 @@ impl SqsQueue {
             })
     }
 
+    /// Moves messages from the dead letter queue back to the work queue (after the cause, a
+    /// deliverer crash say, is fixed). Messages that still cannot be decoded stay on the DLQ.
+    /// `StartMessageMoveTask` would do the move server-side, but it cannot tell the two apart
+    /// (and the emulator lacks it).
+    pub async fn redrive_dead_letters(&self, max: usize) -> Result<DlqRedrive, StoreError> {
+        let mut report = DlqRedrive::default();
+        while report.moved + report.kept < max {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| {
+                    queue_error(
+                        "reading the DLQ",
+                        aws_sdk_sqs::error::DisplayErrorContext(e),
+                    )
+                })?;
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                let body = m.body.clone().unwrap_or_default();
+                if QueueMessage::decode(&body).is_err() {
+                    report.kept += 1;
+                    continue;
+                }
+                self.client
+                    .send_message()
+                    .queue_url(&self.queue_url)
+                    .message_body(body)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        queue_error("sending to SQS", aws_sdk_sqs::error::DisplayErrorContext(e))
+                    })?;
+                self.client
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(m.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        queue_error(
+                            "deleting from the DLQ",
+                            aws_sdk_sqs::error::DisplayErrorContext(e),
+                        )
+                    })?;
+                report.moved += 1;
+            }
+        }
+        Ok(report)
+    }
+
     /// Approximate visible and delayed messages on the work queue and the DLQ.
     pub async fn depths(&self) -> Result<QueueDepths, StoreError> {
         use aws_sdk_sqs::types::QueueAttributeName as A;
@@ -178,6 +237,14 @@ impl SqsQueue {
             dead_letter: dlq,
         })
     }
+}
+
+/// What a DLQ redrive did: messages sent back, and unusable ones left on the DLQ (they become
+/// visible again after a minute).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DlqRedrive {
+    pub moved: usize,
+    pub kept: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

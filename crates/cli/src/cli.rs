@@ -223,4 +223,11 @@ pub enum AwsCommand {
         #[arg(long, default_value = "fluxcb")]
         prefix: String,
     },
+    /// Move messages from the SQS dead letter queue back to the work queue (those that still
+    /// cannot be decoded stay). Reads FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL.
+    RedriveDlq {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+    },
 }

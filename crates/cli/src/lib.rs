@@ -67,6 +67,30 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
             print!("{}", resources.as_env());
             Ok(())
         }
+        #[cfg(feature = "aws")]
+        Aws(cli::AwsCommand::RedriveDlq { max }) => {
+            let config = config::load(
+                file,
+                config::Overrides {
+                    backend: Some("aws".into()),
+                    ..config::Overrides::default()
+                },
+            )?;
+            let settings = config.validate()?;
+            let parts = aws_backend::AwsParts::from_env(&settings)
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = parts
+                .queue
+                .redrive_dead_letters(max)
+                .await
+                .map_err(|e| format!("redrive: {e}"))?;
+            println!(
+                "moved {} message(s) back to the work queue; {} unusable message(s) left on the DLQ",
+                r.moved, r.kept
+            );
+            Ok(())
+        }
         Secrets(cmd) => local::secrets(file, cmd).await,
         Backup { store, out } => local::backup(file, store, &out),
         Restore { store, from } => local::restore(file, store, &from),

@@ -521,3 +521,49 @@ async fn an_unavailable_table_answers_503_with_retry_after_and_stores_nothing() 
     assert_eq!(p["type"], "urn:fluxcb:problem:overloaded", "{p}");
     aws.app.stop().await;
 }
+
+#[tokio::test]
+async fn messages_on_the_dlq_can_be_redriven_and_poison_stays() {
+    // A long grace period: the delivery below must come from the redrive, not the sweeper.
+    let Some(aws) = aws_app(|c| c.sweep_grace = "10m".into()).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    // A callback whose message ended on the DLQ (say, a deliverer crashed on it five times):
+    // its table item is due, and the sweeper would resend it only after the grace period.
+    let store = aws.store(StoreRetention::default());
+    let cb = callback(&rx.url("/ok/redriven"), None);
+    let id = cb.id;
+    store
+        .ingest(IngestBatch {
+            tenant: TenantId::default_tenant(),
+            callbacks: vec![cb],
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    for body in [
+        fluxcb_core::message::QueueMessage::deliver(id).encode(),
+        "not a message".to_owned(),
+    ] {
+        aws.clients
+            .sqs
+            .send_message()
+            .queue_url(&aws.resources.dlq_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let queue = fluxcb_aws::queue::SqsQueue::new(
+        aws.clients.sqs.clone(),
+        aws.resources.queue_url.clone(),
+        aws.resources.dlq_url.clone(),
+    );
+    let r = queue.redrive_dead_letters(10).await.unwrap();
+    assert_eq!(r.moved, 1);
+    assert_eq!(r.kept, 1);
+    let got = rx.wait_for("/ok/redriven", 1, WAIT).await;
+    assert_eq!(got[0].header("webhook-id"), Some(id.to_string().as_str()));
+    aws.app.stop().await;
+}
