@@ -1,4 +1,5 @@
-//! Commands that run against the embedded store directly: serve, keys, secrets, backup.
+//! `serve`, and the commands that run against the embedded store directly: keys, secrets,
+//! backup.
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -22,7 +23,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
         println!("Generated an admin API key (shown only once; store it now):\n\n    {key}\n");
         println!("Try: curl -H 'Authorization: Bearer {key}' http://{addr}/v1/callbacks\n");
     }
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "fluxcb is serving");
+    match &settings.aws {
+        Some(aws) => {
+            tracing::info!(%addr, table = %aws.table, queue = %aws.queue_url, "fluxcb is serving on AWS")
+        }
+        None => tracing::info!(%addr, data_dir = %settings.data_dir.display(), "fluxcb is serving"),
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
