@@ -40,7 +40,7 @@ fn wait_until_listening(port: u16) -> bool {
 }
 
 /// Starts moto for this test process; a watchdog shell stops it when the process exits.
-fn start_moto(binary: &PathBuf) -> Option<String> {
+fn start_moto(binary: &std::path::Path) -> Option<String> {
     let port = super::free_loopback_addr().port();
     let script = format!(
         "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
