@@ -5,18 +5,16 @@
 //! callbacks held by a worker that died go back to waiting when their lease ends.
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use fluxcb_core::metric_names as names;
 use fluxcb_core::ports::{Due, StoreError};
 
 use crate::queue::{QueueDepths, SqsQueue};
-use crate::store::{DynamoStore, SweepKind, MAX_QUEUE_DELAY};
+use crate::store::{DynamoStore, SweepKind};
 
 pub struct Sweeper {
     pub store: Arc<DynamoStore>,
     pub queue: SqsQueue,
-    /// How long a sent message may be overdue before it is presumed lost and sent again.
-    pub grace: TimeDelta,
     /// Candidates handled per run, so that one run stays within the function's timeout.
     pub limit: usize,
 }
@@ -30,13 +28,7 @@ pub struct SweepReport {
 
 impl Sweeper {
     pub async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepReport, StoreError> {
-        // Sent a little early for the queue's horizon, so that a one-minute schedule never
-        // leaves a callback without a message when it comes due.
-        let horizon = now + MAX_QUEUE_DELAY - TimeDelta::seconds(60);
-        let candidates = self
-            .store
-            .sweep_candidates(now, horizon, self.grace, self.limit)
-            .await?;
+        let candidates = self.store.sweep_candidates(now, self.limit).await?;
         let mut report = SweepReport::default();
         let mut due = Vec::new();
         for c in &candidates {

@@ -49,14 +49,19 @@ impl AwsParts {
     }
 
     pub fn new(settings: &Settings, resources: AwsResources, clients: AwsClients) -> Self {
-        let store = Arc::new(DynamoStore::new(
-            clients.dynamodb.clone(),
-            resources.table.clone(),
-            StoreRetention {
-                callbacks: settings.retention,
-                idempotency_keys: settings.idempotency_retention,
-            },
-        ));
+        let store = Arc::new(
+            DynamoStore::new(
+                clients.dynamodb.clone(),
+                resources.table.clone(),
+                StoreRetention {
+                    callbacks: settings.retention,
+                    idempotency_keys: settings.idempotency_retention,
+                },
+            )
+            .with_sweep_grace(
+                TimeDelta::from_std(settings.sweep_grace).unwrap_or(TimeDelta::minutes(2)),
+            ),
+        );
         let queue = SqsQueue::new(
             clients.sqs.clone(),
             resources.queue_url.clone(),
@@ -111,11 +116,10 @@ impl AwsParts {
         })
     }
 
-    pub fn sweeper(&self, settings: &Settings) -> Sweeper {
+    pub fn sweeper(&self) -> Sweeper {
         Sweeper {
             store: self.store.clone(),
             queue: self.queue.clone(),
-            grace: TimeDelta::from_std(settings.sweep_grace).unwrap_or(TimeDelta::minutes(2)),
             limit: 10_000,
         }
     }
@@ -124,7 +128,7 @@ impl AwsParts {
     pub fn engine(&self, settings: &Settings) -> Result<AwsEngine, StartError> {
         Ok(AwsEngine {
             deliverer: Arc::new(self.deliverer(settings)?),
-            sweeper: self.sweeper(settings),
+            sweeper: self.sweeper(),
             sweep_interval: settings.sweep_interval,
             poller: PollerConfig {
                 workers: (settings.max_in_flight / 10).clamp(1, 32),

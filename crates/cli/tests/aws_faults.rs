@@ -45,12 +45,16 @@ async fn aws_app(customize: impl FnOnce(&mut fluxcb::config::Config)) -> Option<
 }
 
 impl AwsApp {
+    /// A second handle on the app's table, as another process (an API instance) would hold
+    /// it: with the same sweep grace as the app (3 s in tests), since writers key the `due`
+    /// index by it.
     fn store(&self, retention: StoreRetention) -> DynamoStore {
         DynamoStore::new(
             self.clients.dynamodb.clone(),
             self.resources.table.clone(),
             retention,
         )
+        .with_sweep_grace(chrono::TimeDelta::seconds(3))
     }
 }
 
@@ -135,35 +139,14 @@ async fn long_waits_get_their_message_when_they_come_within_the_queues_reach() {
         })
         .await
         .unwrap();
-    let sweeper = fluxcb_aws::sweeper::Sweeper {
-        store: store.clone(),
-        queue: fluxcb_aws::queue::SqsQueue::new(
-            aws.clients.sqs.clone(),
-            "http://unused.invalid/queue",
-            "http://unused.invalid/dlq",
-        ),
-        grace: chrono::TimeDelta::seconds(120),
-        limit: 100,
-    };
     // 40 minutes ahead is beyond SQS's 15-minute delay: nothing to send yet.
     let now = Utc::now();
-    let candidates = store
-        .sweep_candidates(now, now + chrono::Duration::minutes(14), sweeper.grace, 100)
-        .await
-        .unwrap();
+    let candidates = store.sweep_candidates(now, 100).await.unwrap();
     assert!(candidates.iter().all(|c| c.id != id));
     // Thirty minutes later it is within reach: the sweeper picks it, and marks it so that the
     // next run does not send it again.
     let later = now + chrono::Duration::minutes(30);
-    let candidates = store
-        .sweep_candidates(
-            later,
-            later + chrono::Duration::minutes(14),
-            sweeper.grace,
-            100,
-        )
-        .await
-        .unwrap();
+    let candidates = store.sweep_candidates(later, 100).await.unwrap();
     let mine: Vec<_> = candidates.iter().filter(|c| c.id == id).collect();
     assert_eq!(mine.len(), 1);
     assert!(store.mark_enqueued(mine[0], later).await.unwrap());
@@ -171,16 +154,37 @@ async fn long_waits_get_their_message_when_they_come_within_the_queues_reach() {
         !store.mark_enqueued(mine[0], later).await.unwrap(),
         "a second sweeper must not send it again"
     );
-    let again = store
-        .sweep_candidates(
-            later,
-            later + chrono::Duration::minutes(14),
-            sweeper.grace,
-            100,
-        )
+    let again = store.sweep_candidates(later, 100).await.unwrap();
+    assert!(again.iter().all(|c| c.id != id));
+    aws.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_sweeper_reads_only_what_needs_it_not_the_healthy_backlog() {
+    let Some(aws) = aws_app(|c| c.sweep_grace = "10m".into()).await else {
+        return;
+    };
+    let store = aws
+        .store(StoreRetention::default())
+        .with_sweep_grace(chrono::TimeDelta::minutes(10));
+    // Due now, and its writer sends the message: not the sweeper's business...
+    let cb = callback("https://example.com/healthy", None);
+    let id = cb.id;
+    store
+        .ingest(IngestBatch {
+            tenant: TenantId::default_tenant(),
+            callbacks: vec![cb],
+            idempotency: None,
+        })
         .await
         .unwrap();
-    assert!(again.iter().all(|c| c.id != id));
+    let now = Utc::now();
+    let ids =
+        |c: Vec<fluxcb_aws::store::SweepCandidate>| c.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert!(!ids(store.sweep_candidates(now, 100).await.unwrap()).contains(&id));
+    // ...until its message is overdue by the grace period: then it is presumed lost.
+    let overdue = now + chrono::Duration::minutes(11);
+    assert!(ids(store.sweep_candidates(overdue, 100).await.unwrap()).contains(&id));
     aws.app.stop().await;
 }
 

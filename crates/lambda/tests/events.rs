@@ -351,7 +351,7 @@ async fn sweeper_sends_the_lost_message_on_the_scheduled_event() {
         return;
     };
     let receiver = Receiver::start().await;
-    let sweeper = f.parts.sweeper(&f.settings);
+    let sweeper = f.parts.sweeper();
     let schedule = fixture_json(SCHEDULE_FIXTURE);
 
     // Nothing to do on an empty table.

@@ -20,7 +20,7 @@ use fluxcb_core::tenant::{Scope, TenantId};
 use super::items::{
     attempt_from_item, attempt_item, callback_from_item, callback_item, callback_pk, due_shard,
     due_sort_key, event_item, expiry, get_n, get_s, history, is_expired, item_size, ms, n, s,
-    tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
+    sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
 };
 use super::{
     cancellation_codes, is_conditional_failure, store_error, DynamoStore, Item, DUE_SHARDS,
@@ -186,7 +186,8 @@ impl DynamoStore {
             }
             _ => {
                 values.push((":due_pk", s(due_shard(&cb.id))));
-                values.push((":due_sk", s(due_sort_key(now, &cb.id))));
+                let sweep = sweep_at(now, enqueue_now.then_some(now), self.sweep_grace);
+                values.push((":due_sk", s(due_sort_key(sweep, &cb.id))));
                 let enqueued = if enqueue_now {
                     ", enqueued_at = :now"
                 } else {
@@ -399,7 +400,7 @@ impl CallbackStore for DynamoStore {
         let now = callbacks.first().map_or_else(Utc::now, |c| c.created_at);
         // Everything is checked before anything is written.
         for (i, cb) in callbacks.iter().enumerate() {
-            let size = item_size(&callback_item(cb));
+            let size = item_size(&callback_item(cb, self.sweep_grace));
             if size > MAX_ITEM_BYTES {
                 return Err(StoreError::TooLarge(format!(
                     "callback {i} would take {size} bytes in the callback table; DynamoDB items \
@@ -409,7 +410,10 @@ impl CallbackStore for DynamoStore {
         }
         self.register_tenant(&tenant).await?;
         let Some(idem) = idempotency else {
-            let items = callbacks.iter().map(callback_item).collect();
+            let items = callbacks
+                .iter()
+                .map(|c| callback_item(c, self.sweep_grace))
+                .collect();
             self.write_chunks(items).await?;
             return Ok(IngestResult::Accepted);
         };
@@ -442,7 +446,7 @@ impl CallbackStore for DynamoStore {
             record.insert("complete".into(), AttributeValue::Bool(true));
             let mut actions = vec![self.put(record, Some(NOT_EXISTS))?];
             for cb in &callbacks {
-                actions.push(self.put(callback_item(cb), Some(NOT_EXISTS))?);
+                actions.push(self.put(callback_item(cb, self.sweep_grace), Some(NOT_EXISTS))?);
             }
             match self
                 .client
@@ -473,8 +477,13 @@ impl CallbackStore for DynamoStore {
                 .await
             {
                 Ok(_) => {
-                    self.write_chunks(callbacks.iter().map(callback_item).collect())
-                        .await?;
+                    self.write_chunks(
+                        callbacks
+                            .iter()
+                            .map(|c| callback_item(c, self.sweep_grace))
+                            .collect(),
+                    )
+                    .await?;
                     self.mark_complete(&idem_pk).await?;
                     return Ok(IngestResult::Accepted);
                 }
@@ -517,8 +526,13 @@ impl CallbackStore for DynamoStore {
                     cb.next_attempt_at = cb.next_attempt_at.map(|t| t + shift);
                 }
             }
-            self.write_chunks(callbacks.iter().map(callback_item).collect())
-                .await?;
+            self.write_chunks(
+                callbacks
+                    .iter()
+                    .map(|c| callback_item(c, self.sweep_grace))
+                    .collect(),
+            )
+            .await?;
             self.mark_complete(&idem_pk).await?;
         }
         Ok(IngestResult::Replayed { status, body })
@@ -728,9 +742,13 @@ impl CallbackStore for DynamoStore {
                 ]);
                 values.push((":next", n(ms(at))));
                 values.push((":due_pk", s(due_shard(id))));
-                values.push((":due_sk", s(due_sort_key(at, id))));
+                let enqueued = (at - now <= MAX_QUEUE_DELAY).then_some(now);
+                values.push((
+                    ":due_sk",
+                    s(due_sort_key(sweep_at(at, enqueued, self.sweep_grace), id)),
+                ));
                 // The deliverer sends a delayed message for retries within the queue's reach.
-                if at - now <= MAX_QUEUE_DELAY {
+                if enqueued.is_some() {
                     set.push("enqueued_at = :now");
                 } else {
                     remove.push("enqueued_at");
@@ -828,7 +846,13 @@ impl CallbackStore for DynamoStore {
                 .expression_attribute_values(":ts", s(tenant_status(&cb.tenant, Status::Pending)))
                 .expression_attribute_values(":at", n(ms(at)))
                 .expression_attribute_values(":due_pk", s(due_shard(&id)))
-                .expression_attribute_values(":due_sk", s(due_sort_key(at, &id)))
+                .expression_attribute_values(
+                    ":due_sk",
+                    s(due_sort_key(
+                        sweep_at(at, Some(Utc::now()), self.sweep_grace),
+                        &id,
+                    )),
+                )
                 .expression_attribute_values(":now", n(ms(Utc::now())))
                 .send()
                 .await;
@@ -972,7 +996,10 @@ impl DynamoStore {
             .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
             .expression_attribute_values(":ts", s(tenant_status(&cb.tenant, Status::Pending)))
             .expression_attribute_values(":at", n(ms(at)))
-            .expression_attribute_values(":due_sk", s(due_sort_key(at, &cb.id)))
+            .expression_attribute_values(
+                ":due_sk",
+                s(due_sort_key(sweep_at(at, None, self.sweep_grace), &cb.id)),
+            )
             .expression_attribute_values(":now", n(ms(now)))
             .build()
             .map_err(build_err)?;

@@ -47,6 +47,25 @@ pub(crate) fn due_sort_key(at: DateTime<Utc>, id: &CallbackId) -> String {
     format!("{:013}#{id}", ms(at).max(0))
 }
 
+/// When the sweeper must next look at a waiting callback (the time in its `due_sk`). One whose
+/// writer sends a message is looked at only if that message is overdue by `grace` (presumed
+/// lost); one without a message (a long wait) when its due time comes within the queue's reach.
+/// So the sweeper's query returns the callbacks that need it, not the whole healthy backlog.
+pub(crate) fn sweep_at(
+    due: DateTime<Utc>,
+    enqueued_at: Option<DateTime<Utc>>,
+    grace: chrono::TimeDelta,
+) -> DateTime<Utc> {
+    match enqueued_at {
+        Some(sent) => due.max(sent) + grace,
+        None => due - SWEEP_REACH,
+    }
+}
+
+/// How far ahead of its due time the sweeper sends a waiting callback's message: a little less
+/// than SQS's 15-minute delay, so that a sweep every minute never leaves one unsent.
+pub(crate) const SWEEP_REACH: chrono::TimeDelta = chrono::TimeDelta::seconds(14 * 60);
+
 pub(crate) fn tenant_status(tenant: &TenantId, status: Status) -> String {
     format!("{tenant}#{status}")
 }
@@ -59,7 +78,7 @@ pub(crate) fn expiry(now: DateTime<Utc>, keep: std::time::Duration) -> i64 {
 /// The item of a freshly accepted callback. `enqueued` says whether its writer sends a queue
 /// message right after the write (due within the queue's maximum delay); the sweeper looks
 /// after the others.
-pub(crate) fn callback_item(cb: &Callback) -> Item {
+pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     let mut item = Item::new();
     let id = cb.id.to_string();
     item.insert("pk".into(), s(callback_pk(&cb.id)));
@@ -119,10 +138,14 @@ pub(crate) fn callback_item(cb: &Callback) -> Item {
     if let Some(at) = cb.next_attempt_at {
         item.insert("next_attempt_at".into(), n(ms(at)));
         item.insert("due_pk".into(), s(due_shard(&cb.id)));
-        item.insert("due_sk".into(), s(due_sort_key(at, &cb.id)));
-        if at - cb.created_at <= MAX_QUEUE_DELAY {
-            item.insert("enqueued_at".into(), n(ms(cb.created_at)));
+        let enqueued = (at - cb.created_at <= MAX_QUEUE_DELAY).then_some(cb.created_at);
+        if let Some(sent) = enqueued {
+            item.insert("enqueued_at".into(), n(ms(sent)));
         }
+        item.insert(
+            "due_sk".into(),
+            s(due_sort_key(sweep_at(at, enqueued, grace), &cb.id)),
+        );
     }
     item
 }

@@ -69,6 +69,8 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention: StoreRetention,
+    /// How long a sent message may be overdue before the sweeper presumes it lost.
+    sweep_grace: chrono::TimeDelta,
     /// Tenants this process has registered already (see `register_tenant`).
     known_tenants:
         std::sync::Arc<std::sync::Mutex<std::collections::HashSet<fluxcb_core::tenant::TenantId>>>,
@@ -80,8 +82,19 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention,
+            sweep_grace: chrono::TimeDelta::minutes(2),
             known_tenants: Default::default(),
         }
+    }
+
+    /// Sets how long a sent message may be overdue before the sweeper presumes it lost.
+    pub fn with_sweep_grace(mut self, grace: chrono::TimeDelta) -> Self {
+        self.sweep_grace = grace;
+        self
+    }
+
+    pub fn sweep_grace(&self) -> chrono::TimeDelta {
+        self.sweep_grace
     }
 
     pub fn table(&self) -> &str {

@@ -1,12 +1,15 @@
 //! What the sweeper asks of the table: callbacks that need a queue message (never had one,
 //! or theirs seems lost) and in-flight callbacks whose lease ended.
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::StoreError;
 use fluxcb_core::status::Status;
 
-use super::items::{callback_from_item, callback_pk, from_ms, get_n, get_s, ms, n, s, CALLBACK_SK};
+use super::items::{
+    callback_from_item, callback_pk, due_sort_key, from_ms, get_n, get_s, ms, n, s, sweep_at,
+    CALLBACK_SK, SWEEP_REACH,
+};
 use super::{is_conditional_failure, store_error, DynamoStore, DUE_SHARDS, INDEX_DUE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,17 +32,16 @@ pub struct SweepCandidate {
 }
 
 impl DynamoStore {
-    /// Callbacks whose `due` time is before `horizon` and that need the sweeper: waiting ones
-    /// without a message (or whose message was sent more than `grace` before they came due
-    /// and they are still waiting), and in-flight ones whose lease ended before `now`.
-    /// At most `limit` per call.
+    /// Callbacks that need the sweeper now: waiting ones without a message whose due time came
+    /// within the queue's reach, waiting ones whose message is overdue by the grace period, and
+    /// in-flight ones whose lease ended. The `due` index is keyed by exactly that moment
+    /// ([`super::items::sweep_at`]), so the query reads only these. At most `limit` per call.
     pub async fn sweep_candidates(
         &self,
         now: DateTime<Utc>,
-        horizon: DateTime<Utc>,
-        grace: TimeDelta,
         limit: usize,
     ) -> Result<Vec<SweepCandidate>, StoreError> {
+        let grace = self.sweep_grace;
         let mut out = Vec::new();
         for shard in 0..DUE_SHARDS {
             let mut start = None;
@@ -51,7 +53,7 @@ impl DynamoStore {
                     .index_name(INDEX_DUE)
                     .key_condition_expression("due_pk = :p AND due_sk <= :h")
                     .expression_attribute_values(":p", s(format!("due#{shard}")))
-                    .expression_attribute_values(":h", s(format!("{:013}~", ms(horizon).max(0))))
+                    .expression_attribute_values(":h", s(format!("{:013}~", ms(now).max(0))))
                     .set_exclusive_start_key(start)
                     .send()
                     .await
@@ -81,8 +83,9 @@ impl DynamoStore {
                             let Some(due) = get_n(&item, "next_attempt_at").map(from_ms) else {
                                 continue;
                             };
+                            // Checked again here: the index trails the table.
                             let needs = match enqueued_at.map(from_ms) {
-                                None => true,
+                                None => due - SWEEP_REACH <= now,
                                 // Sent, and overdue by more than `grace` since it became
                                 // visible: the message is presumed lost.
                                 Some(sent) => now - due.max(sent) > grace,
@@ -124,7 +127,14 @@ impl DynamoStore {
             .table_name(&self.table)
             .key("pk", s(callback_pk(&candidate.id)))
             .key("sk", s(CALLBACK_SK))
-            .update_expression("SET enqueued_at = :now")
+            .update_expression("SET enqueued_at = :now, due_sk = :due_sk")
+            .expression_attribute_values(
+                ":due_sk",
+                s(due_sort_key(
+                    sweep_at(candidate.due_at, Some(now), self.sweep_grace),
+                    &candidate.id,
+                )),
+            )
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":now", n(ms(now)))
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))

@@ -8,8 +8,8 @@ use lambda_runtime::{service_fn, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), fluxcb_lambda::Error> {
     let started = Instant::now();
-    let (settings, parts) = fluxcb_lambda::init("sweeper").await?;
-    let sweeper = Arc::new(parts.sweeper(&settings));
+    let (_settings, parts) = fluxcb_lambda::init("sweeper").await?;
+    let sweeper = Arc::new(parts.sweeper());
     fluxcb_lambda::ready("sweeper", started);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let sweeper = sweeper.clone();
