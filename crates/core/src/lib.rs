@@ -22,6 +22,7 @@ pub mod callback;
 pub mod engine;
 pub mod event;
 pub mod id;
+pub mod legacy;
 pub mod message;
 pub mod metric_names;
 pub mod ports;
