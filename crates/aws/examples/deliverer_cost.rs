@@ -186,6 +186,7 @@ async fn run(count: usize, receiver: SocketAddr) {
             .unwrap(),
         ),
         secrets: Arc::new(SecretCache::new(store.clone(), Duration::from_secs(300))),
+        legacy_secret: None,
         policy: RetryPolicy::default(),
         clock: Arc::new(SystemClock),
         destinations: Arc::new(Destinations::new(DestinationLimits::default())),

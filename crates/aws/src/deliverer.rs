@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fluxcb_core::engine::attempt_delivery;
+use fluxcb_core::engine::{attempt_delivery, SigningKeys};
 use fluxcb_core::message::{MessageError, QueueMessage};
 use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
 use fluxcb_core::retry::{Decision, RetryPolicy};
@@ -46,6 +46,8 @@ pub struct Deliverer {
     pub queue: SqsQueue,
     pub sender: Arc<dyn Sender>,
     pub secrets: Arc<SecretCache>,
+    /// The legacy services' shared secret, for callbacks in the legacy wire format.
+    pub legacy_secret: Option<Arc<[u8]>>,
     pub policy: RetryPolicy,
     pub clock: Arc<dyn Clock>,
     /// Per instance: each Lambda instance (or container) protects destinations on its own,
@@ -118,7 +120,10 @@ impl Deliverer {
         let step = attempt_delivery(
             &callback,
             self.sender.as_ref(),
-            &secrets,
+            SigningKeys {
+                standard: &secrets,
+                legacy: self.legacy_secret.as_deref(),
+            },
             &self.policy,
             self.clock.as_ref(),
         )

@@ -137,6 +137,7 @@ pub fn api_state(
         },
         queue,
         metrics,
+        legacy_format: settings.legacy_signing_secret.is_some(),
         key_cache: Default::default(),
         in_flight: Default::default(),
     })
@@ -207,6 +208,7 @@ impl App {
             store: store_arc.clone(),
             sender: Arc::new(sender),
             secrets: Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5))),
+            legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: clock.clone(),
             destinations: Arc::new(Destinations::new(DestinationLimits {

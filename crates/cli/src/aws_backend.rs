@@ -106,6 +106,7 @@ impl AwsParts {
             queue: self.queue.clone(),
             sender: Arc::new(http_sender(settings)?),
             secrets: Arc::new(SecretCache::new(self.store.clone(), Duration::from_secs(5))),
+            legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: self.clock.clone(),
             destinations: Arc::new(Destinations::new(DestinationLimits {

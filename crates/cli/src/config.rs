@@ -24,6 +24,9 @@ pub struct Config {
     pub backend: String,
     pub api_key: Option<String>,
     pub signing_secret: Option<String>,
+    /// The legacy services' shared secret (`X-Flux-Signature`), for callbacks in the legacy
+    /// wire format. Used as its UTF-8 bytes, as the legacy sender did.
+    pub legacy_signing_secret: Option<String>,
     pub allow_private_targets: String,
     pub retry_schedule: String,
     pub max_attempts: u32,
@@ -57,6 +60,7 @@ impl Default for Config {
             backend: "sqlite".into(),
             api_key: None,
             signing_secret: None,
+            legacy_signing_secret: None,
             allow_private_targets: String::new(),
             retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
             max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
@@ -85,6 +89,7 @@ const ENV_KEYS: &[&str] = &[
     "backend",
     "api_key",
     "signing_secret",
+    "legacy_signing_secret",
     "allow_private_targets",
     "retry_schedule",
     "max_attempts",
@@ -152,6 +157,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub api_key: Option<String>,
     pub signing_secret: Option<SigningSecret>,
+    pub legacy_signing_secret: Option<std::sync::Arc<[u8]>>,
     pub allow_private_targets: Vec<IpNet>,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
@@ -342,6 +348,11 @@ impl Config {
             data_dir: self.data_dir.clone(),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             signing_secret: secret.expect("checked"),
+            legacy_signing_secret: self
+                .legacy_signing_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|s| std::sync::Arc::from(s.as_bytes())),
             allow_private_targets: allow.expect("checked"),
             retry: RetryPolicy {
                 schedule: schedule.expect("checked"),

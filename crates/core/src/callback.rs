@@ -82,6 +82,53 @@ impl Payload {
     }
 }
 
+/// How a delivery is framed and signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFormat {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    #[default]
+    StandardWebhooks,
+    /// What the legacy sender sent: `X-Flux-Callback-Id` (an integer id), `X-Flux-Timestamp`,
+    /// `X-Flux-Signature` with the legacy shared secret, and the payload rendered as the
+    /// legacy sender rendered it (see [`crate::legacy`]). For receivers not yet moved.
+    Legacy,
+    /// Both sets of headers on the legacy body, while a receiver moves from one to the other.
+    Both,
+}
+
+impl WireFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WireFormat::StandardWebhooks => "standard_webhooks",
+            WireFormat::Legacy => "legacy",
+            WireFormat::Both => "both",
+        }
+    }
+
+    pub fn includes_legacy(&self) -> bool {
+        matches!(self, WireFormat::Legacy | WireFormat::Both)
+    }
+
+    pub fn includes_standard(&self) -> bool {
+        matches!(self, WireFormat::StandardWebhooks | WireFormat::Both)
+    }
+}
+
+impl FromStr for WireFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            WireFormat::StandardWebhooks,
+            WireFormat::Legacy,
+            WireFormat::Both,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+        .ok_or_else(|| "wire_format must be one of standard_webhooks, legacy, both".to_owned())
+    }
+}
+
 /// The scheme, host and port a callback is sent to: the unit of per-destination limits,
 /// circuit breaking and health.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,6 +165,7 @@ pub struct NewCallback {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u32>,
     pub metadata: BTreeMap<String, String>,
+    pub wire_format: Option<String>,
 }
 
 /// A validated callback request.
@@ -131,6 +179,7 @@ pub struct CallbackSpec {
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u32>,
     pub metadata: BTreeMap<String, String>,
+    pub wire_format: WireFormat,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -170,6 +219,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "x-flux-callback-id",
+    "x-flux-timestamp",
+    "x-flux-signature",
 ];
 
 impl NewCallback {
@@ -283,6 +335,19 @@ impl NewCallback {
                 ));
             }
         }
+        let wire_format = match self.wire_format.as_deref() {
+            None => WireFormat::default(),
+            Some(f) => f.parse().unwrap_or_else(|msg: String| {
+                errors.push(FieldError::new("wire_format", msg));
+                WireFormat::default()
+            }),
+        };
+        if wire_format.includes_legacy() && matches!(payload, Payload::Raw { .. }) {
+            errors.push(FieldError::new(
+                "body",
+                "the legacy wire format sends the JSON `payload`; `body` cannot be used with it",
+            ));
+        }
         match (errors.is_empty(), url) {
             (true, Some(url)) => Ok(CallbackSpec {
                 url,
@@ -293,6 +358,7 @@ impl NewCallback {
                 max_attempts: self.max_attempts,
                 timeout_ms: self.timeout_ms,
                 metadata: self.metadata,
+                wire_format,
             }),
             _ => Err(errors),
         }
@@ -344,6 +410,9 @@ pub struct Callback {
     /// Name of the API key that created it.
     pub created_by: String,
     pub last_error: Option<String>,
+    /// The integer id legacy receivers see as `X-Flux-Callback-Id` (and legacy API callers as
+    /// `id`): set when the wire format includes the legacy one.
+    pub legacy_id: Option<i64>,
 }
 
 impl Callback {
@@ -377,6 +446,7 @@ impl Callback {
             updated_at: now,
             created_by,
             last_error: None,
+            legacy_id: None,
         }
     }
 }

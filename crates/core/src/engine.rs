@@ -12,36 +12,82 @@ use crate::signing::{signature_header, SigningSecret};
 
 pub const USER_AGENT: &str = concat!("fluxcb/", env!("CARGO_PKG_VERSION"));
 
+/// What signs a delivery: the tenant's Standard Webhooks secrets, and the legacy shared secret
+/// (configured once for the installation) for callbacks in the legacy wire format.
+#[derive(Clone, Copy, Debug)]
+pub struct SigningKeys<'a> {
+    pub standard: &'a [SigningSecret],
+    pub legacy: Option<&'a [u8]>,
+}
+
+impl<'a> SigningKeys<'a> {
+    pub fn standard(standard: &'a [SigningSecret]) -> Self {
+        Self {
+            standard,
+            legacy: None,
+        }
+    }
+}
+
 /// The request for one attempt: the caller's headers, then ours (which callers cannot set).
 pub fn build_request(
     callback: &Callback,
-    secrets: &[SigningSecret],
+    keys: SigningKeys<'_>,
     timestamp: i64,
 ) -> OutboundRequest {
     let id = callback.id.to_string();
-    let body = callback.spec.payload.bytes().to_vec();
-    let mut headers: Vec<(String, String)> = callback
-        .spec
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if let Some(ct) = callback.spec.payload.content_type() {
-        headers.push(("content-type".into(), ct.to_owned()));
-    }
+    let format = callback.spec.wire_format;
+    let legacy = match (format.includes_legacy(), callback.legacy_id, keys.legacy) {
+        (true, Some(legacy_id), Some(secret)) => Some((legacy_id, secret)),
+        _ => None,
+    };
+    let body = match legacy {
+        // The legacy sender sent the payload (null when there was none) as Python renders it.
+        Some(_) => {
+            let value = match &callback.spec.payload {
+                crate::callback::Payload::Json(bytes) => {
+                    serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null)
+                }
+                _ => serde_json::Value::Null,
+            };
+            crate::legacy::render_body(&value)
+        }
+        None => callback.spec.payload.bytes().to_vec(),
+    };
+    let mut headers: Vec<(String, String)> = match legacy {
+        Some((legacy_id, secret)) => {
+            crate::legacy::headers(&callback.spec.headers, legacy_id, timestamp, &body, secret)
+        }
+        None => {
+            let mut h: Vec<(String, String)> = callback
+                .spec
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some(ct) = callback.spec.payload.content_type() {
+                h.push(("content-type".into(), ct.to_owned()));
+            }
+            h
+        }
+    };
     if !headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
     {
         headers.push(("user-agent".into(), USER_AGENT.into()));
     }
-    headers.push(("webhook-id".into(), id.clone()));
-    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
-    if !secrets.is_empty() {
-        headers.push((
-            "webhook-signature".into(),
-            signature_header(secrets, &id, timestamp, &body),
-        ));
+    // Standard Webhooks headers unless the callback is in the legacy format only (and can be
+    // sent in it: a legacy id and the legacy secret are both there).
+    if format.includes_standard() || legacy.is_none() {
+        headers.push(("webhook-id".into(), id.clone()));
+        headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+        if !keys.standard.is_empty() {
+            headers.push((
+                "webhook-signature".into(),
+                signature_header(keys.standard, &id, timestamp, &body),
+            ));
+        }
     }
     OutboundRequest {
         url: callback.spec.url.clone(),
@@ -62,12 +108,12 @@ pub struct StepOutcome {
 pub async fn attempt_delivery(
     callback: &Callback,
     sender: &dyn Sender,
-    secrets: &[SigningSecret],
+    keys: SigningKeys<'_>,
     policy: &RetryPolicy,
     clock: &dyn Clock,
 ) -> StepOutcome {
     let started_at = clock.now();
-    let request = build_request(callback, secrets, started_at.timestamp());
+    let request = build_request(callback, keys, started_at.timestamp());
     let timer = Instant::now();
     let mut outcome: SendOutcome = sender.send(request).await;
     if outcome.duration.is_zero() {
@@ -84,11 +130,11 @@ pub async fn deliver_and_record(
     callback: &Callback,
     store: &dyn CallbackStore,
     sender: &dyn Sender,
-    secrets: &[SigningSecret],
+    keys: SigningKeys<'_>,
     policy: &RetryPolicy,
     clock: &dyn Clock,
 ) -> Result<StepOutcome, StoreError> {
-    let step = attempt_delivery(callback, sender, secrets, policy, clock).await;
+    let step = attempt_delivery(callback, sender, keys, policy, clock).await;
     store
         .record_attempt(
             &callback.id,

@@ -175,6 +175,9 @@ pub trait CallbackStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// Succeeds when the store can take writes.
     async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Reserves `count` consecutive integer ids for callbacks in the legacy wire format and
+    /// returns the first. Never hands out an id twice; gaps are allowed (like a SQL sequence).
+    async fn allocate_legacy_ids(&self, count: u32) -> Result<i64, StoreError>;
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError>;
 }
 

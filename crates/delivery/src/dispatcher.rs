@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fluxcb_core::callback::Callback;
-use fluxcb_core::engine::{attempt_delivery, StepOutcome};
+use fluxcb_core::engine::{attempt_delivery, SigningKeys, StepOutcome};
 use fluxcb_core::metric_names as names;
 use fluxcb_core::ports::{Clock, PolledStore, Sender};
 use fluxcb_core::retry::RetryPolicy;
@@ -66,6 +66,8 @@ pub struct DeliveryParts {
     pub store: Arc<dyn PolledStore>,
     pub sender: Arc<dyn Sender>,
     pub secrets: Arc<SecretCache>,
+    /// The legacy services' shared secret, for callbacks in the legacy wire format.
+    pub legacy_secret: Option<Arc<[u8]>>,
     pub policy: RetryPolicy,
     pub clock: Arc<dyn Clock>,
     pub destinations: Arc<Destinations>,
@@ -238,7 +240,10 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback) {
     let step = attempt_delivery(
         callback,
         parts.sender.as_ref(),
-        &secrets,
+        SigningKeys {
+            standard: &secrets,
+            legacy: parts.legacy_secret.as_deref(),
+        },
         &parts.policy,
         parts.clock.as_ref(),
     )

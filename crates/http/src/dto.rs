@@ -31,6 +31,9 @@ pub struct CreateCallback {
     pub timeout_ms: Option<u32>,
     /// Free-form tags to filter on.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// `standard_webhooks` (default), `legacy` (the legacy services' headers and signature,
+    /// for receivers not yet moved; needs the legacy signing secret configured) or `both`.
+    pub wire_format: Option<String>,
 }
 
 impl From<CreateCallback> for NewCallback {
@@ -46,6 +49,7 @@ impl From<CreateCallback> for NewCallback {
             max_attempts: c.max_attempts,
             timeout_ms: c.timeout_ms,
             metadata: c.metadata.unwrap_or_default(),
+            wire_format: c.wire_format,
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct Accepted {
     pub id: String,
     pub status: String,
     pub next_attempt_at: Option<String>,
+    /// The integer id legacy receivers will see (legacy wire format only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_id: Option<i64>,
 }
 
 impl Accepted {
@@ -70,6 +77,7 @@ impl Accepted {
             id: cb.id.to_string(),
             status: cb.status.to_string(),
             next_attempt_at: cb.next_attempt_at.map(rfc3339),
+            legacy_id: cb.legacy_id,
         }
     }
 }
@@ -158,6 +166,10 @@ pub struct CallbackView {
     pub updated_at: String,
     pub created_by: String,
     pub last_error: Option<String>,
+    pub wire_format: String,
+    /// The integer id legacy receivers see as `X-Flux-Callback-Id` (legacy wire format only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_id: Option<i64>,
     /// Oldest first. Present on single-callback reads, omitted in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -200,6 +212,8 @@ impl CallbackView {
             updated_at: rfc3339(cb.updated_at),
             created_by: cb.created_by.clone(),
             last_error: cb.last_error.clone(),
+            wire_format: cb.spec.wire_format.as_str().to_owned(),
+            legacy_id: cb.legacy_id,
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
         }
     }

@@ -202,8 +202,37 @@ async fn ingest(
             Err(errs) => errors.extend(errs),
         }
     }
+    let legacy: Vec<usize> = callbacks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.spec.wire_format.includes_legacy())
+        .map(|(i, _)| i)
+        .collect();
+    if !legacy.is_empty() && !state.legacy_format {
+        errors.extend(legacy.iter().map(|&i| {
+            let e = FieldError::new(
+                "wire_format",
+                "the legacy wire format needs the legacy signing secret (FLUXCB_LEGACY_SIGNING_SECRET) configured",
+            );
+            if batch {
+                e.prefixed(&format!("callbacks[{i}]"))
+            } else {
+                e
+            }
+        }));
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
+    }
+    if !legacy.is_empty() {
+        // Integer ids from the store's sequence, before the answer is built: it names them.
+        let first = state
+            .callbacks
+            .allocate_legacy_ids(legacy.len() as u32)
+            .await?;
+        for (offset, &i) in legacy.iter().enumerate() {
+            callbacks[i].legacy_id = Some(first + offset as i64);
+        }
     }
     let body = if batch {
         serde_json::to_vec(&BatchAccepted {

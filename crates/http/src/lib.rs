@@ -58,6 +58,9 @@ pub struct AppParts {
     /// Renders the metrics registry for `/metrics` (None: no exporter, 404).
     pub metrics: Option<MetricsRender>,
     pub key_cache: auth::KeyCache,
+    /// Whether the legacy signing secret is configured, so that callbacks may use the legacy
+    /// wire format.
+    pub legacy_format: bool,
     pub in_flight: InFlightKeys,
 }
 

@@ -358,6 +358,21 @@ impl CallbackStore for SqliteStore {
             .await
     }
 
+    async fn allocate_legacy_ids(&self, count: u32) -> Result<i64, StoreError> {
+        self.writer()
+            .write(Durability::Full, move |c| {
+                // Starts past any id already stored (rows imported from legacy keep theirs).
+                c.prepare_cached(
+                    "INSERT INTO sequences (name, next) VALUES ('legacy_id', \
+                     COALESCE((SELECT MAX(legacy_id) FROM callbacks), 0) + 1 + ?1) \
+                     ON CONFLICT (name) DO UPDATE SET next = next + ?1 RETURNING next - ?1",
+                )
+                .and_then(|mut s| s.query_row([count], |r| r.get(0)))
+                .map_err(sql)
+            })
+            .await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.writer()
             .write(Durability::Full, |c| {

@@ -74,8 +74,8 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         "INSERT INTO callbacks (id, tenant, status, url, host, method, headers, body_kind, \
          content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
          attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
-         created_at, updated_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20)",
+         created_at, updated_at, created_by, wire_format, legacy_id) VALUES (?1, ?2, ?3, ?4, ?5, \
+         ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20, ?21, ?22)",
     )?
     .execute(params![
         row.id,
@@ -98,6 +98,8 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         row.metadata,
         ms(cb.created_at),
         cb.created_by,
+        cb.spec.wire_format.as_str(),
+        cb.legacy_id,
     ])?;
     Ok(())
 }

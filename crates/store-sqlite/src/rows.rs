@@ -18,7 +18,7 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
 pub const CALLBACK_COLUMNS: &str = "id, tenant, status, url, method, headers, body_kind, \
     content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
     max_attempts_override, timeout_ms, timeout_override, metadata, created_at, updated_at, \
-    created_by, last_error";
+    created_by, last_error, wire_format, legacy_id";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -63,6 +63,10 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
             max_attempts: row.get(13)?,
             timeout_ms: row.get(15)?,
             metadata: serde_json::from_str(&metadata).map_err(|e| conversion(16, e))?,
+            wire_format: row
+                .get::<_, String>(21)?
+                .parse()
+                .map_err(|e: String| text_err(21, e))?,
         },
         next_attempt_at: row.get::<_, Option<i64>>(10)?.map(from_ms),
         attempts_made: row.get(11)?,
@@ -72,6 +76,7 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
         updated_at: from_ms(row.get(18)?),
         created_by: row.get(19)?,
         last_error: row.get(20)?,
+        legacy_id: row.get(22)?,
     })
 }
 

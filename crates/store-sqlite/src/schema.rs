@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use crate::error::OpenError;
 
 /// Each entry moves the schema from version `index` to `index + 1`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     name        TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -114,7 +115,18 @@ CREATE TABLE heartbeat (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     at  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The legacy wire format: how a callback is framed, and the integer id legacy receivers see.
+ALTER TABLE callbacks ADD COLUMN wire_format TEXT NOT NULL DEFAULT 'standard_webhooks';
+ALTER TABLE callbacks ADD COLUMN legacy_id INTEGER;
+CREATE UNIQUE INDEX callbacks_by_legacy_id ON callbacks (legacy_id) WHERE legacy_id IS NOT NULL;
+CREATE TABLE sequences (
+    name  TEXT PRIMARY KEY,
+    next  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -912,6 +912,28 @@ impl CallbackStore for DynamoStore {
         Ok(0)
     }
 
+    /// An atomic counter item: one `UpdateItem ADD` reserves the whole range.
+    async fn allocate_legacy_ids(&self, count: u32) -> Result<i64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s("sequence#legacy_id"))
+            .key("sk", s("sequence"))
+            .update_expression("ADD next_value :n")
+            .expression_attribute_values(":n", n(count))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| store_error("allocating legacy ids", e))?;
+        let last = out
+            .attributes
+            .as_ref()
+            .and_then(|a| get_n(a, "next_value"))
+            .ok_or_else(|| StoreError::Internal("the legacy id counter returned nothing".into()))?;
+        Ok(last - i64::from(count) + 1)
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.client
             .put_item()

@@ -5,7 +5,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use fluxcb_core::attempt::Attempt;
-use fluxcb_core::callback::{Callback, CallbackSpec, Method, Payload};
+use fluxcb_core::callback::{Callback, CallbackSpec, Method, Payload, WireFormat};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::StoreError;
@@ -128,6 +128,12 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
             s(serde_json::to_string(&cb.spec.metadata).expect("string maps serialise")),
         );
     }
+    if cb.spec.wire_format != WireFormat::default() {
+        item.insert("wire_format".into(), s(cb.spec.wire_format.as_str()));
+    }
+    if let Some(id) = cb.legacy_id {
+        item.insert("legacy_id".into(), n(id));
+    }
     item.insert("attempts_made".into(), n(cb.attempts_made));
     item.insert("max_attempts".into(), n(cb.max_attempts));
     item.insert("attempt_budget".into(), n(cb.max_attempts));
@@ -235,6 +241,10 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
             max_attempts: get_n(item, "max_attempts_override").map(|v| v as u32),
             timeout_ms: get_n(item, "timeout_override").map(|v| v as u32),
             metadata,
+            wire_format: match get_s(item, "wire_format") {
+                Some(f) => f.parse().map_err(|_| bad("wire_format"))?,
+                None => WireFormat::default(),
+            },
         },
         status,
         attempts_made: req_n(item, "attempts_made")? as u32,
@@ -245,6 +255,7 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
         updated_at: from_ms(req_n(item, "updated_at")?),
         created_by: req_s(item, "created_by")?.to_owned(),
         last_error: get_s(item, "last_error").map(str::to_owned),
+        legacy_id: get_n(item, "legacy_id"),
     })
 }
 

@@ -822,3 +822,120 @@ async fn metrics_count_what_happened_in_prometheus_format() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_legacy_wire_format_carries_integer_ids_and_the_legacy_signature() {
+    let Some(app) = spawn_on(BACKEND, |c| {
+        c.legacy_signing_secret = Some("legacy-secret".into())
+    })
+    .await
+    else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    let payload = json!({"status": "paid", "id": 7, "name": "Zoë", "amount": 12.5});
+    let mut legacy_ids = Vec::new();
+    for name in ["l1", "l2"] {
+        let r = app
+            .post(
+                "/v1/callbacks",
+                &json!({"url": rx.url(&format!("/ok/{name}")), "payload": payload,
+                        "headers": {"X-Row": name}, "wire_format": "legacy"}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        legacy_ids.push(v["legacy_id"].as_i64().expect("a legacy id"));
+    }
+    assert!(legacy_ids[1] > legacy_ids[0], "{legacy_ids:?}");
+    let both = app
+        .create(json!({"url": rx.url("/ok/both"), "payload": payload, "wire_format": "both"}))
+        .await;
+    let expected_body = fluxcb_core::legacy::render_body(&payload);
+    for (name, legacy_id) in [("l1", legacy_ids[0]), ("l2", legacy_ids[1])] {
+        let got = rx.wait_for(&format!("/ok/{name}"), 1, WAIT).await;
+        let req = &got[0];
+        assert_eq!(&req.body[..], &expected_body[..]);
+        assert_eq!(
+            req.header("x-flux-callback-id"),
+            Some(legacy_id.to_string().as_str())
+        );
+        let ts: i64 = req.header("x-flux-timestamp").unwrap().parse().unwrap();
+        assert!(fluxcb_core::legacy::verify(
+            b"legacy-secret",
+            ts,
+            &req.body,
+            req.header("x-flux-signature").unwrap()
+        ));
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        assert_eq!(req.header("x-row"), Some(name));
+        assert!(req.header("webhook-signature").is_none());
+    }
+    // Both formats at once: the legacy body, signed both ways.
+    let got = rx.wait_for("/ok/both", 1, WAIT).await;
+    let req = &got[0];
+    assert_eq!(&req.body[..], &expected_body[..]);
+    let ts = req.header("x-flux-timestamp").unwrap();
+    assert!(fluxcb_core::legacy::verify(
+        b"legacy-secret",
+        ts.parse().unwrap(),
+        &req.body,
+        req.header("x-flux-signature").unwrap()
+    ));
+    let secret = app.signing_secret().await;
+    assert_eq!(req.header("webhook-id"), Some(both.as_str()));
+    assert!(verify_standard_webhook(
+        &secret,
+        &both,
+        req.header("webhook-timestamp").unwrap(),
+        &req.body,
+        req.header("webhook-signature").unwrap()
+    ));
+    let view = app.get_json(&format!("/v1/callbacks/{both}")).await;
+    assert_eq!(view["wire_format"], "both");
+    assert!(view["legacy_id"].as_i64().unwrap() > legacy_ids[1]);
+    // A raw body cannot go out in the legacy format, and callers cannot forge its headers.
+    let r = app
+        .post(
+            "/v1/callbacks",
+            &json!({"url": rx.url("/ok/x"), "body": "raw", "wire_format": "legacy"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = app
+        .post(
+            "/v1/callbacks",
+            &json!({"url": rx.url("/ok/x"), "headers": {"X-Flux-Signature": "sha256=00"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_legacy_wire_format_is_refused_without_the_legacy_secret() {
+    let Some(app) = spawn_on(BACKEND, |_| {}).await else {
+        return;
+    };
+    let r = app
+        .post(
+            "/v1/callbacks",
+            &json!({"url": "https://example.com/hook", "payload": {}, "wire_format": "legacy"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["errors"][0]["field"], "wire_format", "{p}");
+    assert!(p["detail"]
+        .as_str()
+        .unwrap()
+        .contains("FLUXCB_LEGACY_SIGNING_SECRET"));
+    let r = app
+        .post(
+            "/v1/callbacks",
+            &json!({"url": "https://example.com/hook", "wire_format": "smoke-signals"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    app.stop().await;
+}
