@@ -7,24 +7,31 @@
 # 1. Cold start, N runs per function (default 20): each binary is started with the functions'
 #    environment (the table and queues on moto, on loopback) and AWS_LAMBDA_RUNTIME_API pointing
 #    at a port where nothing listens, so that it initialises, logs its `"message":"ready"` line
-#    (with `init_ms`, measured inside the process from the first line of main) and then exits,
-#    unable to fetch an event. Reported: `init_ms`, the wall-clock time from spawning the process
-#    to reading its ready line (adds exec, dynamic loading and the runtime start that `init_ms`
-#    cannot see), and the CPU time (user + sys) and peak RSS of the whole short-lived process.
-#    min / median / p90 each.
+#    and then exits, unable to fetch an event. Reported, min / median / p90 each:
+#    - `init_ms` from that line: measured inside the process from the first line of main (the
+#      tokio runtime already built) to the handler being ready;
+#    - spawn→ready: wall clock from spawning the process to reading its ready line, which adds
+#      exec, dynamic loading and the tokio runtime start;
+#    - CPU time (user + sys) and peak RSS of the whole short-lived process (init plus its failed
+#      attempt to reach the runtime API).
 #    The API function's init includes DynamoDB calls (it makes sure the admin key and signing
-#    secret exist: a few reads, and writes on the first start only); against moto on loopback
-#    these take a few milliseconds, against DynamoDB from inside a Lambda function more like
-#    5–20 ms each, so its figure here is a lower bound. The others make no AWS call during init.
-# 2. Sizes of each binary: as built (release profile keeps line tables), stripped, and zipped as
-#    Lambda receives it.
+#    secret exist: reads, and writes on the very first start only). Against moto on loopback,
+#    over plain HTTP, these take about a millisecond each; against DynamoDB they cost a TLS
+#    handshake and a network round trip each, so the API figure here is a lower bound. The
+#    deliverer and the sweeper make no AWS call during init.
+#    The binary is in the page cache after the first run; on Lambda the first start also pays
+#    for downloading and unpacking the package (see the zip sizes).
+# 2. Sizes of each binary: as built (the release profile keeps line tables), stripped, and
+#    zipped (what Lambda downloads), both ways.
 # 3. CPU per delivered callback in the deliverer (--callbacks N, default 300; 0 skips it):
-#    callbacks are created through the API function (POST /v1/callbacks/batch), then their
-#    `deliver` messages are handed to the deliverer in batches of 10 (the template's batch size)
-#    through cargo lambda's runtime API emulator; a receiver on loopback answers 200. The
-#    deliverer process's user + sys CPU (from /proc) is divided by the callbacks delivered.
-#    moto, the receiver and the emulator run in other processes on the same machine: their CPU
-#    is excluded from the figure, but they compete for the same cores.
+#    callbacks are created through the API function (half with single POST /v1/callbacks, half
+#    with POST /v1/callbacks/batch; the API process's CPU per accepted callback is reported
+#    too), then their `deliver` messages are handed to the deliverer in batches of 10 (the
+#    template's batch size) through cargo lambda's runtime API emulator; a receiver on loopback
+#    answers 200. The deliverer process's user + sys CPU (from /proc, 10 ms ticks) is divided
+#    by the callbacks delivered; one warm-up batch is left out. moto, the receiver and the
+#    emulator run in other processes on the same machine: their CPU is excluded from the
+#    figure, but they compete for the same cores. AWS calls go to moto over plain HTTP (no TLS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +42,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift ;;
     --callbacks) callbacks=$2; shift ;;
     *)
-      sed -n '2,30p' "$0" >&2
+      sed -n '2,34p' "$0" >&2
       exit 2
       ;;
   esac
@@ -112,7 +119,7 @@ set -a
 set +a
 export FLUXCB_API_KEY=fxk_lambda_fixture_admin_key_4f0c2a9e
 export FLUXCB_ALLOW_PRIVATE_TARGETS=127.0.0.0/8
-export AWS_LAMBDA_FUNCTION_VERSION='$LATEST' AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256
+export AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256
 
 echo "machine: $(nproc) cores, $(uname -sr); moto $("$FLUXCB_VENV/bin/python" -c 'import moto; print(moto.__version__)') on loopback"
 
@@ -166,19 +173,22 @@ for fn in fns:
     print(f"{fn:17} {'init_ms (in process)':22} {stats(init)}")
     print(f"{'':17} {'spawn→ready ms':22} {stats(wall)}")
     if cpu:
-        print(f"{'':17} {'CPU ms (user+sys)':22} {stats(cpu)}")
+        print(f"{'':17} {'process CPU ms':22} {stats(cpu)}")
         print(f"{'':17} {'peak RSS MiB':22} {stats(rss)}")
 EOF
 
 # --- 2. Sizes --------------------------------------------------------------------------------------
 echo
-printf '%-17s %12s %12s %12s\n' function "as built" stripped "zip (strip)"
+echo "binary sizes in bytes (the release profile keeps line tables; cargo lambda does not strip)"
+printf '%-17s %12s %12s %14s %14s\n' function "as built" stripped "zip as built" "zip stripped"
+zip_size() {
+  python3 -c 'import os, sys, zipfile; z = zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED); z.write(sys.argv[1], "bootstrap"); z.close(); print(os.path.getsize(sys.argv[2]))' "$1" "$work/size.zip"
+}
 for fn in "${functions[@]}"; do
   bin="$CARGO_TARGET_DIR/lambda/$fn/bootstrap"
   strip -o "$work/$fn.stripped" "$bin"
-  python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED); z.write(sys.argv[1], "bootstrap"); z.close()' \
-    "$work/$fn.stripped" "$work/$fn.zip"
-  printf '%-17s %12d %12d %12d\n' "$fn" "$(stat -c %s "$bin")" "$(stat -c %s "$work/$fn.stripped")" "$(stat -c %s "$work/$fn.zip")"
+  printf '%-17s %12d %12d %14d %14d\n' "$fn" "$(stat -c %s "$bin")" "$(stat -c %s "$work/$fn.stripped")" \
+    "$(zip_size "$bin")" "$(zip_size "$work/$fn.stripped")"
 done
 
 # --- 3. CPU per delivered callback ---------------------------------------------------------------
@@ -204,13 +214,14 @@ EOF
 spawn "$work/receiver.log" python3 "$work/receiver.py" "$receiver_port"
 rt_port="$(free_port)"
 spawn "$work/watch.log" cargo lambda watch --only-lambda-apis --ignore-changes -A 127.0.0.1 -P "$rt_port"
+# Listening? (Not an HTTP request: the emulator takes any unknown path as an invocation.)
 for _ in $(seq 300); do
-  curl -s -o /dev/null "http://127.0.0.1:$rt_port/" && curl -s -o /dev/null -X POST "http://127.0.0.1:$receiver_port/" && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$rt_port") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$receiver_port") 2>/dev/null && break
   sleep 0.1
 done
-export AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$rt_port/.rt"
 for fn in fluxcb-api fluxcb-deliverer; do
-  spawn "$work/$fn.log" env -C "$work" AWS_LAMBDA_FUNCTION_NAME="$fn" "$CARGO_TARGET_DIR/lambda/$fn/bootstrap"
+  spawn "$work/$fn.log" env -C "$work" AWS_LAMBDA_FUNCTION_NAME="$fn" \
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$rt_port/.rt/$fn" "$CARGO_TARGET_DIR/lambda/$fn/bootstrap"
 done
 python3 - "$callbacks" "$rt_port" "$receiver_port" "$work" "$FLUXCB_API_KEY" "${pids[-2]}" "${pids[-1]}" <<'EOF'
 import json, os, sys, time, urllib.request
@@ -248,16 +259,26 @@ def api_event(method, path, body):
 wait_ready("fluxcb-api")
 wait_ready("fluxcb-deliverer")
 target = f"http://127.0.0.1:{receiver_port}/hook"
+# Half the callbacks one POST /v1/callbacks each, half in POST /v1/callbacks/batch of 100.
 ids = []
-api_before = cpu_ms(api_pid)
+singles = n // 2
+before = cpu_ms(api_pid)
 t0 = time.perf_counter()
-for start in range(0, n, 100):
-    items = [{"url": target, "payload": {"n": i, "order_id": f"A-{i}"}} for i in range(start, min(n, start + 100))]
+for i in range(singles):
+    r = invoke("fluxcb-api", api_event("POST", "/v1/callbacks", json.dumps({"url": target, "payload": {"n": i}})))
+    assert r["statusCode"] == 202, r
+    ids.append(json.loads(r["body"])["id"])
+single_wall, single_cpu = time.perf_counter() - t0, cpu_ms(api_pid) - before
+before = cpu_ms(api_pid)
+t0 = time.perf_counter()
+requests = 0
+for start in range(singles, n, 100):
+    items = [{"url": target, "payload": {"n": i}} for i in range(start, min(n, start + 100))]
     r = invoke("fluxcb-api", api_event("POST", "/v1/callbacks/batch", json.dumps({"callbacks": items})))
     assert r["statusCode"] == 202, r
     ids += [c["id"] for c in json.loads(r["body"])["callbacks"]]
-api_wall = time.perf_counter() - t0
-api_cpu = cpu_ms(api_pid) - api_before
+    requests += 1
+batch_wall, batch_cpu = time.perf_counter() - t0, cpu_ms(api_pid) - before
 
 def sqs_event(batch):
     return {"Records": [{
@@ -282,8 +303,10 @@ for start in range(0, len(ids), 10):
 wall = time.perf_counter() - t0
 cpu = cpu_ms(deliverer_pid) - before
 delivered = len(ids) - failures
-print(f"api:       {n} callbacks accepted in {n // 100 + (n % 100 > 0)} batch requests: "
-      f"{api_cpu:.0f} ms CPU, {api_cpu / n:.2f} ms CPU per accepted callback ({api_wall:.1f} s wall)")
+print(f"api:       {singles} single POSTs: {single_cpu:.0f} ms CPU (api process), "
+      f"{single_cpu / max(singles, 1):.2f} ms CPU per accepted callback; {single_wall * 1000 / max(singles, 1):.1f} ms wall each")
+print(f"           {n - singles} callbacks in {requests} batch POSTs: {batch_cpu:.0f} ms CPU, "
+      f"{batch_cpu / max(n - singles, 1):.2f} ms CPU per accepted callback; {batch_wall:.1f} s wall")
 print(f"deliverer: {delivered} callbacks delivered in {(len(ids) + 9) // 10} invocations of 10 "
       f"({failures} failed): {cpu:.0f} ms CPU (user+sys, deliverer process only), "
       f"{cpu / max(delivered, 1):.2f} ms CPU per delivered callback; {wall:.1f} s wall, "

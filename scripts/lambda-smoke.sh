@@ -16,7 +16,7 @@
 #   scripts/lambda-smoke.sh --no-build  test the binaries already in $CARGO_TARGET_DIR/lambda
 #
 # Needs the CI venv (moto_server, cargo-lambda; $FLUXCB_VENV, default ~/.cache/fluxcb/venv),
-# python3, curl and jq. `fluxcb aws bootstrap` creates the table and queues: the binary is
+# python3 and jq. `fluxcb aws bootstrap` creates the table and queues: the binary is
 # $FLUXCB_BIN, or the debug build (`cargo build -p fluxcb`, which `cargo test` has usually made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +78,9 @@ spawn() {
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
+listening() { # listening PORT: something accepts connections on 127.0.0.1:PORT
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2 n=0
   shift 2
@@ -88,7 +91,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   done
 }
 
-for tool in python3 curl jq; do
+for tool in python3 jq; do
   command -v "$tool" >/dev/null || fail "$tool is needed"
 done
 command -v cargo-lambda >/dev/null || fail "cargo-lambda is not in $FLUXCB_VENV/bin or on PATH (pip install cargo-lambda)"
@@ -122,8 +125,9 @@ set -a
 # shellcheck disable=SC1091
 . "$work/resources.env"
 set +a
-[ -n "${FLUXCB_DYNAMODB_TABLE:-}" ] && [ -n "${FLUXCB_SQS_QUEUE_URL:-}" ] && [ -n "${FLUXCB_SQS_DLQ_URL:-}" ] ||
+if [ -z "${FLUXCB_DYNAMODB_TABLE:-}" ] || [ -z "${FLUXCB_SQS_QUEUE_URL:-}" ] || [ -z "${FLUXCB_SQS_DLQ_URL:-}" ]; then
   fail "bootstrap printed no resources: $(cat "$work/resources.env")"
+fi
 say "moto on $AWS_ENDPOINT_URL; table $FLUXCB_DYNAMODB_TABLE"
 
 # --- A receiver on loopback: records each request as a JSON line --------------------------------
@@ -151,24 +155,25 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 EOF
 touch "$work/received.jsonl"
 spawn "$work/receiver.log" python3 "$work/receiver.py" "$receiver_port" "$work/received.jsonl"
-wait_for 10 "receiver" curl -s -o /dev/null -X POST "http://127.0.0.1:$receiver_port/ping"
-: >"$work/received.jsonl"
+wait_for 10 "receiver" listening "$receiver_port"
 
 # --- The runtime API emulator and the three functions -------------------------------------------
 rt_port="$(free_port)"
 spawn "$work/watch.log" cargo lambda watch --only-lambda-apis --ignore-changes -A 127.0.0.1 -P "$rt_port"
-wait_for 30 "cargo lambda watch" curl -s -o /dev/null "http://127.0.0.1:$rt_port/"
+# (Not an HTTP request: any path it does not know is an invocation of a function named `_`.)
+wait_for 30 "cargo lambda watch" listening "$rt_port"
 
 # What the template gives each function (FLUXCB_BACKEND is forced to aws by the functions), and
 # what the Lambda service sets.
 export FLUXCB_API_KEY=fxk_lambda_fixture_admin_key_4f0c2a9e # the key in the API Gateway fixtures
 export FLUXCB_ALLOW_PRIVATE_TARGETS=127.0.0.0/8              # the receiver is on loopback
 export FLUXCB_RETRY_SCHEDULE=1s,2s FLUXCB_TIMEOUT_MS=5000
-export AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$rt_port/.rt"
-export AWS_LAMBDA_FUNCTION_VERSION='$LATEST' AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256
+export AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256
 for fn in "${functions[@]}"; do
-  # In the scratch directory: no ./fluxcb.toml is read.
-  spawn "$work/$fn.log" env -C "$work" AWS_LAMBDA_FUNCTION_NAME="$fn" "$CARGO_TARGET_DIR/lambda/$fn/bootstrap"
+  # The emulator serves each function's runtime API under /.rt/<function name>. In the scratch
+  # directory: no ./fluxcb.toml is read.
+  spawn "$work/$fn.log" env -C "$work" AWS_LAMBDA_FUNCTION_NAME="$fn" \
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$rt_port/.rt/$fn" "$CARGO_TARGET_DIR/lambda/$fn/bootstrap"
 done
 for fn in "${functions[@]}"; do
   wait_for 30 "$fn ready" grep -q '"message":"ready"' "$work/$fn.log"
@@ -208,7 +213,7 @@ jq --arg id "$id" '.Records[0].body |= (fromjson | .callback_id = $id | tojson)'
   "$fixtures/sqs-deliver-batch.json" >"$work/sqs.json"
 batch="$(invoke fluxcb-deliverer "$work/sqs.json")"
 expected="$(jq -cn --arg id "$future_id" '{batchItemFailures: [{itemIdentifier: $id}]}')"
-[ "$(echo "$batch" | jq -c .)" = "$expected" ] || fail "deliverer: expected $expected, got $batch"
+[ "$(echo "$batch" | jq -c .)" = "$expected" ] || fail "deliverer: expected $expected, got $(echo "$batch" | jq -c .)"
 say "deliverer: $(echo "$batch" | jq -c .)"
 wait_for 10 "delivery to the receiver" grep -q '"/hooks/order-shipped"' "$work/received.jsonl"
 [ "$(wc -l <"$work/received.jsonl")" -eq 1 ] || fail "expected one delivery: $(cat "$work/received.jsonl")"
