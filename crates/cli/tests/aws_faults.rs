@@ -80,6 +80,19 @@ fn callback(url: &str, deliver_at: Option<chrono::DateTime<Utc>>) -> Callback {
     )
 }
 
+/// Writes one callback the way ingest writes it, without the queue message that would follow.
+async fn ingest_one(store: &DynamoStore, cb: Callback) {
+    let r = store
+        .ingest(IngestBatch {
+            tenant: TenantId::default_tenant(),
+            callbacks: vec![cb],
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, IngestResult::Accepted);
+}
+
 async fn receive_all(clients: &AwsClients, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let out = clients
         .sqs
@@ -104,15 +117,7 @@ async fn a_crash_between_the_table_write_and_the_send_only_delays_the_callback()
     let cb = callback(&rx.url("/ok/orphan"), None);
     let id = cb.id;
     let store = aws.store(StoreRetention::default());
-    let r = store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(r, IngestResult::Accepted);
+    ingest_one(&store, cb).await;
     // The sweeper presumes the message lost once it is overdue by the grace (3 s in tests).
     let got = rx.wait_for("/ok/orphan", 1, WAIT).await;
     assert_eq!(got[0].header("webhook-id"), Some(id.to_string().as_str()));
@@ -131,14 +136,7 @@ async fn long_waits_get_their_message_when_they_come_within_the_queues_reach() {
     let far = Utc::now() + chrono::Duration::minutes(40);
     let cb = callback("https://example.com/later", Some(far));
     let id = cb.id;
-    store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    ingest_one(&store, cb).await;
     // 40 minutes ahead is beyond SQS's 15-minute delay: nothing to send yet.
     let now = Utc::now();
     let candidates = store.sweep_candidates(now, 100).await.unwrap();
@@ -170,14 +168,7 @@ async fn the_sweeper_reads_only_what_needs_it_not_the_healthy_backlog() {
     // Due now, and its writer sends the message: not the sweeper's business...
     let cb = callback("https://example.com/healthy", None);
     let id = cb.id;
-    store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    ingest_one(&store, cb).await;
     let now = Utc::now();
     let ids =
         |c: Vec<fluxcb_aws::store::SweepCandidate>| c.into_iter().map(|c| c.id).collect::<Vec<_>>();
@@ -198,14 +189,7 @@ async fn a_worker_that_dies_holding_a_callback_gives_it_back() {
     let cb = callback(&rx.url("/ok/held"), None);
     let id = cb.id;
     // Claimed by a "worker" that then vanished: in flight, with a lease that ends at once.
-    store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    ingest_one(&store, cb).await;
     let now = Utc::now();
     let claimed = store
         .claim(&id, now, now + chrono::Duration::milliseconds(500))
@@ -434,14 +418,7 @@ async fn finished_callbacks_expire_by_ttl_and_reads_hide_them_before_dynamodb_de
         Some(Utc::now() + chrono::Duration::days(1)),
     );
     let id = cb.id;
-    store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    ingest_one(&store, cb).await;
     let detail = store.get(&Scope::All, &id).await.unwrap().unwrap();
     assert_eq!(detail.callback.status, Status::Scheduled);
     let r = store.cancel(&Scope::All, &id, "test").await.unwrap();
@@ -538,14 +515,7 @@ async fn messages_on_the_dlq_can_be_redriven_and_poison_stays() {
     let store = aws.store(StoreRetention::default());
     let cb = callback(&rx.url("/ok/redriven"), None);
     let id = cb.id;
-    store
-        .ingest(IngestBatch {
-            tenant: TenantId::default_tenant(),
-            callbacks: vec![cb],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    ingest_one(&store, cb).await;
     for body in [
         fluxcb_core::message::QueueMessage::deliver(id).encode(),
         "not a message".to_owned(),

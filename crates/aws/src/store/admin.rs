@@ -32,26 +32,18 @@ fn key_from_item(item: &Item) -> Result<ApiKey, StoreError> {
 
 impl DynamoStore {
     async fn key_items(&self) -> Result<Vec<Item>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(KEYS_PK))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| store_error("listing API keys", e))?;
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(items);
-            }
-        }
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(KEYS_PK))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing API keys", e))
     }
 }
 
@@ -286,29 +278,21 @@ impl DynamoStore {
 
     /// Every tenant that has ever had a callback.
     pub(crate) async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let mut tenants = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(TENANTS_PK))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| store_error("listing tenants", e))?;
-            tenants.extend(
-                page.items
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|i| get_s(i, "sk").and_then(|t| TenantId::parse(t).ok())),
-            );
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(tenants);
-            }
-        }
+        let items: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(TENANTS_PK))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing tenants", e))?;
+        Ok(items
+            .iter()
+            .filter_map(|i| get_s(i, "sk").and_then(|t| TenantId::parse(t).ok()))
+            .collect())
     }
 }

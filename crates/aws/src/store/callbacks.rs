@@ -35,6 +35,32 @@ fn build_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl DynamoStore {
+    /// Runs a transaction whose first action is conditioned on the callback's current state:
+    /// `false` when that condition failed (the callback changed meanwhile), an error otherwise.
+    async fn transact_if_current(
+        &self,
+        actions: Vec<TransactWriteItem>,
+        op: &str,
+    ) -> Result<bool, StoreError> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes)
+                    if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
+                {
+                    Ok(false)
+                }
+                _ => Err(store_error(op, e)),
+            },
+        }
+    }
+
     fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, StoreError> {
         let put = Put::builder()
             .table_name(&self.table)
@@ -51,26 +77,19 @@ impl DynamoStore {
         &self,
         id: &CallbackId,
     ) -> Result<Option<(Callback, Vec<Item>)>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(callback_pk(id)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| store_error("reading a callback", e))?;
-            items.extend(out.items.unwrap_or_default());
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let items: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(callback_pk(id)))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| store_error("reading a callback", e))?;
         let Some(cb_item) = items.iter().find(|i| get_s(i, "sk") == Some(CALLBACK_SK)) else {
             return Ok(None);
         };
@@ -229,23 +248,8 @@ impl DynamoStore {
                 .build(),
             self.put(event, Some(NOT_EXISTS))?,
         ];
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
+        self.transact_if_current(actions, "updating a callback")
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes)
-                    if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
-                {
-                    Ok(false)
-                }
-                _ => Err(store_error("updating a callback", e)),
-            },
-        }
     }
 
     async fn operator_action(
@@ -1040,22 +1044,7 @@ impl DynamoStore {
             TransactWriteItem::builder().update(update).build(),
             self.put(event, Some(NOT_EXISTS))?,
         ];
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
+        self.transact_if_current(actions, "recovering a callback")
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes)
-                    if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
-                {
-                    Ok(false)
-                }
-                _ => Err(store_error("recovering a callback", e)),
-            },
-        }
     }
 }
