@@ -197,7 +197,7 @@ async fn run(count: usize, receiver: SocketAddr) {
         .enumerate()
         .map(|(i, id)| Record {
             message_id: i.to_string(),
-            body: QueueMessage::deliver(*id).encode(),
+            body: QueueMessage::deliver_for(*id, TenantId::default_tenant()).encode(),
         })
         .collect();
     // Warm-up outside the measurement: connections, the signing secret cache.

@@ -77,8 +77,12 @@ impl Deliverer {
     }
 
     pub async fn handle(&self, record: &Record) -> Result<Handled, StoreError> {
-        let id = match QueueMessage::decode(&record.body) {
-            Ok(QueueMessage::Deliver { callback_id, .. }) => callback_id,
+        let (id, tenant_hint) = match QueueMessage::decode(&record.body) {
+            Ok(QueueMessage::Deliver {
+                callback_id,
+                tenant,
+                ..
+            }) => (callback_id, tenant),
             Err(MessageError::UnknownVersion(v)) => {
                 // A newer worker wrote it during a rolling deploy: leave it for one.
                 return Err(StoreError::Unavailable(format!(
@@ -96,7 +100,11 @@ impl Deliverer {
         };
         let now = self.clock.now();
         let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
-        let Some(callback) = self.store.claim(&id, now, lease_until).await? else {
+        let Some(callback) = self
+            .store
+            .claim_in(&id, tenant_hint.as_ref(), now, lease_until)
+            .await?
+        else {
             tracing::debug!(callback_id = %id, "stale message: the callback is not due here");
             return Ok(Handled::Stale);
         };
@@ -105,7 +113,12 @@ impl Deliverer {
             let wait = until.saturating_duration_since(Instant::now());
             let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
             self.store.defer(vec![(id, at)]).await?;
-            self.enqueue_retry(Due { id, at }).await;
+            self.enqueue_retry(Due {
+                id,
+                tenant: callback.tenant.clone(),
+                at,
+            })
+            .await;
             return Ok(Handled::Deferred);
         }
         let secrets = match self.secrets.get(&callback.tenant).await {
@@ -141,10 +154,21 @@ impl Deliverer {
             "attempt finished"
         );
         self.store
-            .record_attempt(&callback.id, step.attempt, step.decision, self.clock.now())
+            .record_attempt_of(
+                Some(&callback.tenant),
+                &callback.id,
+                step.attempt,
+                step.decision,
+                self.clock.now(),
+            )
             .await?;
         if let Decision::RetryAt(at) = step.decision {
-            self.enqueue_retry(Due { id, at }).await;
+            self.enqueue_retry(Due {
+                id,
+                tenant: callback.tenant.clone(),
+                at,
+            })
+            .await;
         }
         Ok(Handled::Attempted)
     }
@@ -156,7 +180,7 @@ impl Deliverer {
         if due.at - now > MAX_QUEUE_DELAY {
             return;
         }
-        if let Err(e) = self.queue.send_due(&[due], now).await {
+        if let Err(e) = self.queue.send_due(std::slice::from_ref(&due), now).await {
             tracing::warn!(callback_id = %due.id, error = %e, "could not enqueue a retry; the sweeper will");
         }
     }

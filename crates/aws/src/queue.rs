@@ -63,7 +63,7 @@ impl SqsQueue {
         let within: Vec<Due> = due
             .iter()
             .filter(|d| d.at - now <= MAX_QUEUE_DELAY)
-            .copied()
+            .cloned()
             .collect();
         // A batch ingest of 1,000 is 100 calls: sent a few at a time, not one after another.
         let sends: Vec<_> = within
@@ -84,7 +84,7 @@ impl SqsQueue {
             .map(|(i, d)| {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(QueueMessage::deliver(d.id).encode())
+                    .message_body(QueueMessage::deliver_for(d.id, d.tenant.clone()).encode())
                     .delay_seconds(delay_seconds(d.at, now))
                     .build()
                     .map_err(|e| queue_error("building a message", e))

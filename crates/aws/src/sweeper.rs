@@ -41,7 +41,11 @@ impl Sweeper {
                         let mut fresh = c.clone();
                         fresh.enqueued_at = None;
                         if self.store.mark_enqueued(&fresh, now).await? {
-                            due.push(Due { id: c.id, at: now });
+                            due.push(Due {
+                                id: c.id,
+                                tenant: c.tenant.clone(),
+                                at: now,
+                            });
                         }
                     }
                 }
@@ -51,6 +55,7 @@ impl Sweeper {
                     if self.store.mark_enqueued(c, now).await? {
                         due.push(Due {
                             id: c.id,
+                            tenant: c.tenant.clone(),
                             at: c.due_at,
                         });
                     }

@@ -191,8 +191,20 @@ async fn a_worker_that_dies_holding_a_callback_gives_it_back() {
     // Claimed by a "worker" that then vanished: in flight, with a lease that ends at once.
     ingest_one(&store, cb).await;
     let now = Utc::now();
+    // A message naming the wrong tenant claims nothing (the claim is conditioned on it).
+    let other = TenantId::parse("someone-else").unwrap();
+    assert!(store
+        .claim_in(&id, Some(&other), now, now + chrono::Duration::seconds(60))
+        .await
+        .unwrap()
+        .is_none());
     let claimed = store
-        .claim(&id, now, now + chrono::Duration::milliseconds(500))
+        .claim_in(
+            &id,
+            Some(&TenantId::default_tenant()),
+            now,
+            now + chrono::Duration::milliseconds(500),
+        )
         .await
         .unwrap();
     assert!(claimed.is_some());

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::CallbackId;
+use crate::tenant::TenantId;
 
 pub const CURRENT_VERSION: u32 = 1;
 
@@ -12,7 +13,14 @@ pub const CURRENT_VERSION: u32 = 1;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum QueueMessage {
     /// Attempt delivery of this callback if it is still due.
-    Deliver { v: u32, callback_id: CallbackId },
+    Deliver {
+        v: u32,
+        callback_id: CallbackId,
+        /// The callback's tenant, when the sender knew it: saves the worker a read before its
+        /// claim. Optional, so messages without it (older senders) still work.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<TenantId>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +36,15 @@ impl QueueMessage {
         QueueMessage::Deliver {
             v: CURRENT_VERSION,
             callback_id,
+            tenant: None,
+        }
+    }
+
+    pub fn deliver_for(callback_id: CallbackId, tenant: TenantId) -> Self {
+        QueueMessage::Deliver {
+            v: CURRENT_VERSION,
+            callback_id,
+            tenant: Some(tenant),
         }
     }
 
@@ -64,5 +81,13 @@ mod tests {
             Err(MessageError::UnknownVersion(2))
         ));
         assert!(QueueMessage::decode("{}").is_err());
+        // The tenant is optional both ways: old messages decode, new ones carry it.
+        let with = QueueMessage::deliver_for(id, TenantId::default_tenant()).encode();
+        assert!(with.contains("\"tenant\":\"default\""));
+        assert_eq!(
+            QueueMessage::decode(&with).unwrap(),
+            QueueMessage::deliver_for(id, TenantId::default_tenant())
+        );
+        assert!(!text.contains("tenant"));
     }
 }

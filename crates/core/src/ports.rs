@@ -235,9 +235,10 @@ pub trait SecretStore: Send + Sync + 'static {
 }
 
 /// A committed callback and when it is due.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {
     pub id: CallbackId,
+    pub tenant: TenantId,
     pub at: DateTime<Utc>,
 }
 

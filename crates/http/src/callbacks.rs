@@ -262,6 +262,7 @@ pub async fn retry(
         state
             .notify_queue(&[Due {
                 id,
+                tenant: cb.tenant.clone(),
                 at: cb.next_attempt_at.unwrap_or(cb.updated_at),
             }])
             .await;

@@ -246,6 +246,7 @@ async fn ingest(
         .iter()
         .map(|c| Due {
             id: c.id,
+            tenant: c.tenant.clone(),
             at: c.next_attempt_at.unwrap_or(c.created_at),
         })
         .collect();

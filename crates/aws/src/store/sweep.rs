@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::StoreError;
 use fluxcb_core::status::Status;
+use fluxcb_core::tenant::TenantId;
 
 use super::items::{
     callback_from_item, callback_pk, due_sort_key, from_ms, get_n, get_s, ms, n, s, sweep_at,
@@ -24,6 +25,7 @@ pub enum SweepKind {
 #[derive(Clone, Debug)]
 pub struct SweepCandidate {
     pub id: CallbackId,
+    pub tenant: TenantId,
     pub due_at: DateTime<Utc>,
     pub kind: SweepKind,
     /// `enqueued_at` as read, so that marking it is conditional on nobody else having sent one.
@@ -65,6 +67,10 @@ impl DynamoStore {
                     let Some(id) = get_s(&item, "id").and_then(|v| v.parse().ok()) else {
                         continue;
                     };
+                    let Some(tenant) = get_s(&item, "tenant").and_then(|t| TenantId::parse(t).ok())
+                    else {
+                        continue;
+                    };
                     let enqueued_at = get_n(&item, "enqueued_at");
                     match status {
                         Status::Delivering => {
@@ -72,6 +78,7 @@ impl DynamoStore {
                             if lease.is_some_and(|l| l < now) {
                                 out.push(SweepCandidate {
                                     id,
+                                    tenant: tenant.clone(),
                                     due_at: now,
                                     kind: SweepKind::ExpiredLease,
                                     enqueued_at,
@@ -93,6 +100,7 @@ impl DynamoStore {
                             if needs {
                                 out.push(SweepCandidate {
                                     id,
+                                    tenant: tenant.clone(),
                                     due_at: due,
                                     kind: SweepKind::Enqueue,
                                     enqueued_at,
