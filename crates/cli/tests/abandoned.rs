@@ -50,7 +50,7 @@ fn request(app: &TestApp, path: &str, key: &str, body: &[u8]) -> Vec<u8> {
 
 fn body_for(rx: &TestReceiver, i: usize) -> Vec<u8> {
     // Batches too, so that an abandoned batch is checked as well as a single callback.
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         serde_json::to_vec(&json!({"callbacks": [
             {"url": rx.url(&format!("/ok/req{i}")), "payload": {"i": i, "part": 0}},
             {"url": rx.url(&format!("/ok/req{i}b")), "payload": {"i": i, "part": 1}},
@@ -63,7 +63,7 @@ fn body_for(rx: &TestReceiver, i: usize) -> Vec<u8> {
 }
 
 fn path_for(i: usize) -> &'static str {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         "/v1/callbacks/batch"
     } else {
         "/v1/callbacks"
@@ -177,7 +177,7 @@ async fn run(backend: Backend, requests: usize) {
     let stored = stored(&app).await;
     for i in 0..requests {
         let mut paths = vec![format!("/ok/req{i}")];
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             paths.push(format!("/ok/req{i}b"));
         }
         let expected = match hangup(i) {
