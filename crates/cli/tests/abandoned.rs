@@ -131,7 +131,7 @@ async fn run(backend: Backend, requests: usize) {
     // Replay every request that was sent whole, with its key: the abandoned ones must find what
     // they stored (or store it now), never store it twice.
     let mut found_by_replay = 0;
-    for i in 0..requests {
+    for (i, body) in bodies.iter().enumerate() {
         if !matches!(hangup(i), Hangup::AfterRequest | Hangup::Never) {
             continue;
         }
@@ -143,7 +143,7 @@ async fn run(backend: Backend, requests: usize) {
                 .bearer_auth(&app.key)
                 .header("content-type", "application/json")
                 .header("idempotency-key", format!("abandoned-{i}"))
-                .body(bodies[i].clone())
+                .body(body.clone())
                 .send()
                 .await
                 .unwrap();
