@@ -58,6 +58,17 @@ pub(crate) fn prometheus() -> fluxcb_http::MetricsRender {
     Arc::new(move || handle.render())
 }
 
+/// A scrape also samples the destinations' breaker states and loads (per process).
+pub(crate) fn with_destinations(
+    render: fluxcb_http::MetricsRender,
+    destinations: Arc<Destinations>,
+) -> fluxcb_http::MetricsRender {
+    Arc::new(move || {
+        destinations.publish_metrics(std::time::Instant::now());
+        render()
+    })
+}
+
 /// The embedded store is its own queue: a notification only wakes the dispatcher early.
 struct WakeDispatcher(Arc<Notify>);
 
@@ -162,8 +173,10 @@ impl App {
             Backend::Aws => {
                 let parts = crate::aws_backend::AwsParts::from_env(settings).await?;
                 let generated = parts.prepare(settings).await?;
-                let state = parts.api_state(settings, Some(prometheus()));
-                (state, Engine::Aws(parts.engine(settings)?), generated)
+                let engine = parts.engine(settings)?;
+                let metrics = with_destinations(prometheus(), engine.destinations());
+                let state = parts.api_state(settings, Some(metrics));
+                (state, Engine::Aws(engine), generated)
             }
             #[cfg(not(feature = "aws"))]
             Backend::Aws => unreachable!("validation refuses the AWS backend in this build"),
@@ -204,6 +217,10 @@ impl App {
         let sender = http_sender(settings)?;
         let wake = Arc::new(Notify::new());
         let store_arc = Arc::new(store.clone());
+        let destinations = Arc::new(Destinations::new(DestinationLimits {
+            max_in_flight: settings.destination_max_in_flight,
+            ..DestinationLimits::default()
+        }));
         let parts = Arc::new(DeliveryParts {
             store: store_arc.clone(),
             sender: Arc::new(sender),
@@ -211,10 +228,7 @@ impl App {
             legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: clock.clone(),
-            destinations: Arc::new(Destinations::new(DestinationLimits {
-                max_in_flight: settings.destination_max_in_flight,
-                ..DestinationLimits::default()
-            })),
+            destinations: destinations.clone(),
         });
         let dispatcher = Dispatcher::new(
             parts,
@@ -231,7 +245,7 @@ impl App {
             store_arc,
             Arc::new(WakeDispatcher(wake)),
             clock.clone(),
-            Some(prometheus()),
+            Some(with_destinations(prometheus(), destinations)),
         );
         let engine = Engine::Local(LocalEngine {
             dispatcher,

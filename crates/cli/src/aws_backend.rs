@@ -147,6 +147,11 @@ pub struct AwsEngine {
 }
 
 impl AwsEngine {
+    /// This process's per-destination limits and breakers (the deliverer's).
+    pub fn destinations(&self) -> Arc<fluxcb_delivery::destinations::Destinations> {
+        self.deliverer.destinations.clone()
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
         let polling = tokio::spawn(poller::run(self.deliverer, self.poller, shutdown.clone()));
         let sweeper = self.sweeper;

@@ -24,6 +24,16 @@ pub const SWEEPER_ENQUEUED: &str = "fluxcb_sweeper_enqueued_total";
 /// Counter: in-flight callbacks returned to waiting after their worker's lease ran out.
 pub const LEASES_RECOVERED: &str = "fluxcb_leases_recovered_total";
 
+/// Gauge, label `destination` (scheme://host:port, the top destinations only; the rest summed
+/// under [`OTHER_DESTINATIONS`]): 1 while the destination's circuit breaker is open (per process).
+pub const DESTINATION_CIRCUIT_OPEN: &str = "fluxcb_destination_circuit_open";
+/// Gauge, label `destination`: attempts in flight to the destination (per process).
+pub const DESTINATION_IN_FLIGHT: &str = "fluxcb_destination_in_flight";
+/// The `destination` label of everything beyond the top destinations.
+pub const OTHER_DESTINATIONS: &str = "_other";
+/// How many destinations get their own label value; bounds the series count.
+pub const TOP_DESTINATIONS: usize = 20;
+
 /// The `outcome` label values of [`ATTEMPTS`].
 pub mod outcome {
     pub const DELIVERED: &str = "delivered";

@@ -79,6 +79,18 @@ pub struct DestinationHealth {
 pub struct Destinations {
     limits: DestinationLimits,
     states: Mutex<HashMap<Destination, State>>,
+    /// Label values published by the last [`Self::publish_metrics`], so that a destination
+    /// that went quiet is set back to zero rather than left at its last value.
+    published: Mutex<std::collections::HashSet<String>>,
+}
+
+/// One `destination` label value and what its gauges say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationGauge {
+    pub destination: String,
+    /// Destinations with an open breaker (1 or 0 for a single one; a count for the rest).
+    pub circuits_open: usize,
+    pub in_flight: usize,
 }
 
 impl Destinations {
@@ -86,6 +98,58 @@ impl Destinations {
         Self {
             limits,
             states: Mutex::new(HashMap::new()),
+            published: Default::default(),
+        }
+    }
+
+    /// The gauges to publish: the `top` destinations that most need attention (open breaker,
+    /// then failures, then load) by name, the rest summed under one label, and every name
+    /// published last time but quiet now at zero. Bounded cardinality whatever the traffic.
+    pub fn gauges(&self, now: Instant, top: usize) -> Vec<DestinationGauge> {
+        let mut health = self.health(now);
+        health.sort_by(|a, b| {
+            b.circuit_open
+                .cmp(&a.circuit_open)
+                .then(b.consecutive_failures.cmp(&a.consecutive_failures))
+                .then(b.in_flight.cmp(&a.in_flight))
+                .then(a.destination.cmp(&b.destination))
+        });
+        let rest = health.split_off(top.min(health.len()));
+        let mut out: Vec<DestinationGauge> = health
+            .into_iter()
+            .map(|h| DestinationGauge {
+                destination: h.destination,
+                circuits_open: usize::from(h.circuit_open),
+                in_flight: h.in_flight,
+            })
+            .collect();
+        out.push(DestinationGauge {
+            destination: fluxcb_core::metric_names::OTHER_DESTINATIONS.to_owned(),
+            circuits_open: rest.iter().filter(|h| h.circuit_open).count(),
+            in_flight: rest.iter().map(|h| h.in_flight).sum(),
+        });
+        let mut published = self.published.lock().expect("published poisoned");
+        let now_named: std::collections::HashSet<String> =
+            out.iter().map(|g| g.destination.clone()).collect();
+        for gone in published.difference(&now_named) {
+            out.push(DestinationGauge {
+                destination: gone.clone(),
+                circuits_open: 0,
+                in_flight: 0,
+            });
+        }
+        *published = now_named;
+        out
+    }
+
+    /// Sets the destination gauges (called when metrics are scraped or flushed).
+    pub fn publish_metrics(&self, now: Instant) {
+        use fluxcb_core::metric_names as names;
+        for g in self.gauges(now, names::TOP_DESTINATIONS) {
+            metrics::gauge!(names::DESTINATION_CIRCUIT_OPEN, "destination" => g.destination.clone())
+                .set(g.circuits_open as f64);
+            metrics::gauge!(names::DESTINATION_IN_FLIGHT, "destination" => g.destination)
+                .set(g.in_flight as f64);
         }
     }
 
@@ -234,5 +298,48 @@ mod tests {
             Verdict::of(None, Some(ErrorCode::Timeout), &retry),
             Verdict::Unhealthy
         );
+    }
+
+    #[test]
+    fn gauges_name_the_top_destinations_sum_the_rest_and_zero_the_quiet() {
+        let d = Destinations::new(DestinationLimits {
+            failure_threshold: 1,
+            ..Default::default()
+        });
+        let now = Instant::now();
+        let at = |port: u16| Destination::of(&format!("http://127.0.0.1:{port}/").parse().unwrap());
+        // Port 1 fails (breaker opens); ports 2..=4 each hold one attempt in flight.
+        d.try_enter(&at(1), now).unwrap();
+        d.finish(&at(1), Verdict::Unhealthy, now);
+        for p in 2..=4 {
+            d.try_enter(&at(p), now).unwrap();
+        }
+        let g = d.gauges(now, 2);
+        assert_eq!(g.len(), 3, "{g:?}");
+        assert_eq!(g[0].destination, "http://127.0.0.1:1");
+        assert_eq!((g[0].circuits_open, g[0].in_flight), (1, 0));
+        assert_eq!(g[1].in_flight, 1);
+        assert_eq!(
+            g[2].destination,
+            fluxcb_core::metric_names::OTHER_DESTINATIONS
+        );
+        assert_eq!((g[2].circuits_open, g[2].in_flight), (0, 2));
+        // The attempts finish and the breaker's time passes: names published before read zero.
+        for p in 2..=4 {
+            d.finish(&at(p), Verdict::Healthy, now);
+        }
+        let later = now + Duration::from_secs(3600);
+        let g = d.gauges(later, 2);
+        let quiet: Vec<_> = g
+            .iter()
+            .filter(|x| x.destination != fluxcb_core::metric_names::OTHER_DESTINATIONS)
+            .collect();
+        assert!(
+            quiet
+                .iter()
+                .all(|x| x.circuits_open == 0 && x.in_flight == 0),
+            "{g:?}"
+        );
+        assert!(quiet.iter().any(|x| x.destination == "http://127.0.0.1:1"));
     }
 }

@@ -71,6 +71,8 @@ pub struct DynamoStore {
     retention: StoreRetention,
     /// How long a sent message may be overdue before the sweeper presumes it lost.
     sweep_grace: chrono::TimeDelta,
+    /// Which `due` shard the next sweep starts with.
+    sweep_turn: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Tenants this process has registered already (see `register_tenant`).
     known_tenants:
         std::sync::Arc<std::sync::Mutex<std::collections::HashSet<fluxcb_core::tenant::TenantId>>>,
@@ -83,6 +85,7 @@ impl DynamoStore {
             table: table.into(),
             retention,
             sweep_grace: chrono::TimeDelta::minutes(2),
+            sweep_turn: Default::default(),
             known_tenants: Default::default(),
         }
     }

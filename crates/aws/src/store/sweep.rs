@@ -45,7 +45,13 @@ impl DynamoStore {
     ) -> Result<Vec<SweepCandidate>, StoreError> {
         let grace = self.sweep_grace;
         let mut out = Vec::new();
-        for shard in 0..DUE_SHARDS {
+        // Each run starts at the next shard, so that when `limit` cuts a run short no shard
+        // waits behind the others run after run.
+        let first = self
+            .sweep_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for turn in 0..DUE_SHARDS {
+            let shard = (first + turn) % DUE_SHARDS;
             let mut start = None;
             loop {
                 let page = self

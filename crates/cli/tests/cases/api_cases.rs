@@ -939,3 +939,38 @@ async fn the_legacy_wire_format_is_refused_without_the_legacy_secret() {
     assert_eq!(r.status(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_open_circuit_breaker_shows_in_the_metrics_by_destination() {
+    let Some(app) = spawn_on(BACKEND, |_| {}).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    // Ten consecutive failures (the default threshold) open the destination's breaker.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            app.create(json!({"url": rx.url(&format!("/status/503?n={i}")), "max_attempts": 1}))
+                .await,
+        );
+    }
+    for id in &ids {
+        app.wait_status(id, "failed", WAIT).await;
+    }
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        "fluxcb_destination_circuit_open{{destination=\"http://{}\"}}",
+        rx.addr
+    );
+    assert_eq!(sample(&text, &series), Some(1.0), "{series} in:\n{text}");
+    assert!(text.contains("fluxcb_destination_in_flight{destination=\"_other\"}"));
+    app.stop().await;
+}
