@@ -18,7 +18,9 @@
 mod admin;
 mod callbacks;
 mod items;
+mod operations;
 mod sweep;
+mod work;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,271 @@
+//! The inherent half of the callback store that workers use: claims, attempt records and lease
+//! recovery, with the tenant passed in when the caller knows it (so no read comes first).
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+use fluxcb_core::attempt::Attempt;
+use fluxcb_core::callback::Callback;
+use fluxcb_core::event::EventKind;
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::ports::StoreError;
+use fluxcb_core::retry::Decision;
+use fluxcb_core::status::{Status, Transition};
+use fluxcb_core::tenant::TenantId;
+
+use super::callbacks::{build_err, NOT_EXISTS};
+use super::items::{
+    attempt_item, callback_from_item, callback_pk, due_shard, due_sort_key, event_item, ms, n, s,
+    sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
+};
+use super::{
+    cancellation_codes, is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY,
+};
+
+impl DynamoStore {
+    /// [`fluxcb_core::ports::CallbackStore::claim`], with the callback's tenant when the caller knows it (the
+    /// queue message carries it). An update expression cannot build `tenant_status` from the
+    /// item's own tenant, so without the hint the item is read first; with it, the write is
+    /// also conditioned on the tenant, so a wrong hint claims nothing.
+    pub async fn claim_in(
+        &self,
+        id: &CallbackId,
+        tenant: Option<&TenantId>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Callback>, StoreError> {
+        let tenant = match tenant {
+            Some(t) => t.clone(),
+            None => {
+                let Some(current) = self.load(id).await? else {
+                    return Ok(None);
+                };
+                if !matches!(current.status, Status::Scheduled | Status::Pending) {
+                    return Ok(None);
+                }
+                current.tenant
+            }
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(callback_pk(id)))
+            .key("sk", s(CALLBACK_SK))
+            .update_expression(
+                "SET #st = :delivering, tenant_status = :ts, lease_until = :lease, \
+                 updated_at = :now, due_sk = :due_sk REMOVE enqueued_at",
+            )
+            .condition_expression(
+                "#st IN (:scheduled, :pending) AND next_attempt_at <= :now AND tenant = :tenant",
+            )
+            .expression_attribute_values(":tenant", s(tenant.as_str()))
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
+            .expression_attribute_values(":scheduled", s(Status::Scheduled.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":ts", s(tenant_status(&tenant, Status::Delivering)))
+            .expression_attribute_values(":lease", n(ms(lease_until)))
+            .expression_attribute_values(":now", n(ms(now)))
+            .expression_attribute_values(":due_sk", s(due_sort_key(lease_until, id)))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.as_ref().map(callback_from_item).transpose(),
+            Err(e) if is_conditional_failure(&e) => Ok(None),
+            Err(e) => Err(store_error("claiming a callback", e)),
+        }
+    }
+
+    /// [`fluxcb_core::ports::CallbackStore::record_attempt`], with the tenant when the caller knows it (the worker
+    /// that claimed the callback does), which saves a read.
+    pub async fn record_attempt_of(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &CallbackId,
+        attempt: Attempt,
+        decision: Decision,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (transition, next_at) = match decision {
+            Decision::Delivered => (Transition::Succeed, None),
+            Decision::RetryAt(at) => (Transition::Reschedule, Some(at)),
+            Decision::DeadLetter(_) => (Transition::DeadLetter, None),
+        };
+        let to = transition.target();
+        let last_error = match (&attempt.error, &attempt.error_detail) {
+            (Some(code), Some(detail)) => Some(format!("{code}: {detail}")),
+            (Some(code), None) => Some(code.to_string()),
+            _ => None,
+        };
+        let tenant = match tenant {
+            Some(t) => Some(t.clone()),
+            None => self.load(id).await?.map(|cb| cb.tenant),
+        };
+        let mut set = vec!["#st = :to", "attempts_made = :n", "updated_at = :now"];
+        let mut remove = vec!["lease_until"];
+        let mut values: Vec<(&str, AttributeValue)> = vec![
+            (":to", s(to.as_str())),
+            (":n", n(attempt.number)),
+            (":now", n(ms(now))),
+            (":delivering", s(Status::Delivering.as_str())),
+        ];
+        if let Some(t) = &tenant {
+            set.push("tenant_status = :ts");
+            values.push((":ts", s(tenant_status(t, to))));
+        }
+        if let Some(err) = last_error {
+            set.push("last_error = :err");
+            values.push((":err", s(err)));
+        }
+        match next_at {
+            Some(at) => {
+                set.extend([
+                    "next_attempt_at = :next",
+                    "due_pk = :due_pk",
+                    "due_sk = :due_sk",
+                ]);
+                values.push((":next", n(ms(at))));
+                values.push((":due_pk", s(due_shard(id))));
+                let enqueued = (at - now <= MAX_QUEUE_DELAY).then_some(now);
+                values.push((
+                    ":due_sk",
+                    s(due_sort_key(sweep_at(at, enqueued, self.sweep_grace), id)),
+                ));
+                // The deliverer sends a delayed message for retries within the queue's reach.
+                if enqueued.is_some() {
+                    set.push("enqueued_at = :now");
+                } else {
+                    remove.push("enqueued_at");
+                }
+            }
+            None => {
+                set.push("expires_at = :exp");
+                values.push((":exp", n(self.finished_expiry(now))));
+                remove.extend(["next_attempt_at", "due_pk", "due_sk", "enqueued_at"]);
+            }
+        }
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(callback_pk(id)))
+            .key("sk", s(CALLBACK_SK))
+            .update_expression(format!(
+                "SET {} REMOVE {}",
+                set.join(", "),
+                remove.join(", ")
+            ))
+            .condition_expression("#st = :delivering")
+            .expression_attribute_names("#st", "status");
+        for (k, v) in values {
+            update = update.expression_attribute_values(k, v);
+        }
+        let record = |to_status| AttemptRecord {
+            attempt: &attempt,
+            recorded_at: now,
+            to_status,
+            next_attempt_at: next_at,
+            dead_letter_reason: match decision {
+                Decision::DeadLetter(r) => Some(r.as_str()),
+                _ => None,
+            },
+            // Attempts outlive their callback's own retention by the longest retry wait.
+            expires_at: self.finished_expiry(now) + 2 * 86_400,
+        };
+        let actions = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(build_err)?)
+                .build(),
+            self.put(attempt_item(id, &record(Some(to))), None)?,
+        ];
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes)
+                    if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
+                {
+                    tracing::warn!(
+                        callback_id = %id,
+                        "attempt finished for a callback no longer in flight"
+                    );
+                    // The attempt still happened: keep it in the audit trail.
+                    self.client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(attempt_item(id, &record(None))))
+                        .send()
+                        .await
+                        .map_err(|e| store_error("recording an attempt", e))?;
+                    Ok(())
+                }
+                _ => Err(store_error("recording an attempt", e)),
+            },
+        }
+    }
+
+    pub(super) async fn mark_complete(&self, idem_pk: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(idem_pk))
+            .key("sk", s("idem"))
+            .update_expression("SET complete = :t")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error("completing a batch", e))
+    }
+
+    /// Returns one callback whose lease ended to pending, with a `recovered` event.
+    pub(crate) async fn recover(
+        &self,
+        cb: &Callback,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let at = Utc::now();
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(callback_pk(&cb.id)))
+            .key("sk", s(CALLBACK_SK))
+            .update_expression(
+                "SET #st = :pending, tenant_status = :ts, next_attempt_at = :at, \
+                 due_sk = :due_sk, updated_at = :at REMOVE lease_until, enqueued_at",
+            )
+            .condition_expression("#st = :delivering AND lease_until < :now")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
+            .expression_attribute_values(":ts", s(tenant_status(&cb.tenant, Status::Pending)))
+            .expression_attribute_values(":at", n(ms(at)))
+            .expression_attribute_values(
+                ":due_sk",
+                s(due_sort_key(sweep_at(at, None, self.sweep_grace), &cb.id)),
+            )
+            .expression_attribute_values(":now", n(ms(now)))
+            .build()
+            .map_err(build_err)?;
+        let event = event_item(
+            &cb.id,
+            at,
+            &NewEvent {
+                kind: EventKind::Recovered,
+                actor: None,
+                from: Some(Status::Delivering),
+                to: Some(Status::Pending),
+            },
+            self.finished_expiry(at) + 30 * 86_400,
+        );
+        let actions = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.put(event, Some(NOT_EXISTS))?,
+        ];
+        self.transact_if_current(actions, "recovering a callback")
+            .await
+    }
+}
