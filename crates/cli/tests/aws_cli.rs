@@ -75,11 +75,21 @@ async fn bootstrap_prints_the_variables_that_serve_backend_aws_runs_on() {
         "serve --backend aws created {}",
         data.display()
     );
-    let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains(&id) && l.contains("callback_id")),
-        "no log line names the callback: {logs}"
-    );
+    // The attempt is logged after the receiver answers: give the line a moment to be written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = std::fs::read_to_string(&log).unwrap();
+        if logs
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("callback_id"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line names the callback: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(server);
 }

@@ -2,6 +2,8 @@
 //! `.ci/run` starts moto and sets `FLUXCB_TEST_AWS_ENDPOINT`; without it the tests start
 //! `moto_server` themselves if they find it (on PATH or in the CI's venv), and otherwise skip
 //! with a loud message, except under `CI=true`, where a missing emulator is a failure.
+//!
+//! Self-contained, so that the Lambda crate's tests include this same file (`#[path]`).
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -41,7 +43,10 @@ fn wait_until_listening(port: u16) -> bool {
 
 /// Starts moto for this test process; a watchdog shell stops it when the process exits.
 fn start_moto(binary: &std::path::Path) -> Option<String> {
-    let port = super::free_loopback_addr().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
     let script = format!(
         "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
          while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
@@ -72,6 +77,7 @@ pub fn endpoint() -> Option<String> {
                     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
                     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
                     std::env::set_var("AWS_REGION", "us-east-1");
+                    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
                     std::env::remove_var("AWS_PROFILE");
                 }
                 None if std::env::var("CI").as_deref() == Ok("true") => {
@@ -82,7 +88,7 @@ pub fn endpoint() -> Option<String> {
                     use std::io::Write;
                     let _ = writeln!(
                         std::io::stderr(),
-                        "\n*** SKIPPING AWS-backend tests: no moto_server found. `pip install \"moto[server]\"` \
+                        "\n*** SKIPPING the AWS tests: no moto_server found. `pip install \"moto[server]\"` \
                          or set FLUXCB_TEST_AWS_ENDPOINT (bash .ci/run does both). ***\n"
                     );
                 }
@@ -95,7 +101,13 @@ pub fn endpoint() -> Option<String> {
 /// A fresh table and queues for one test app, created the way `fluxcb aws bootstrap` does.
 pub async fn fresh_resources(config: &mut Config) {
     let clients = fluxcb_aws::AwsClients::from_env().await;
-    let prefix = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
+    let prefix = format!(
+        "t{}",
+        fluxcb_core::id::CallbackId::generate()
+            .ulid()
+            .to_string()
+            .to_lowercase()
+    );
     let r = fluxcb_aws::bootstrap::bootstrap(&clients, &prefix)
         .await
         .expect("bootstrap against moto");

@@ -2,18 +2,15 @@
 //! fresh table and queues per test, the functions' settings, the stored event fixtures, and a
 //! receiver on loopback that records the callbacks it gets.
 //!
-//! The emulator logic is the CLI tests' (`crates/cli/tests/common/aws.rs`): `.ci/run` starts moto
+//! The emulator logic is the CLI tests' (`crates/cli/tests/common/aws.rs`, included): `.ci/run` starts moto
 //! and sets `FLUXCB_TEST_AWS_ENDPOINT`; without it the tests start `moto_server` themselves if
 //! they find it (on PATH or in the CI's venv), and otherwise skip with a loud message, except
 //! under `CI=true`, where a missing emulator is a failure.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
@@ -38,93 +35,11 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
+/// The emulator: the CLI tests' own helper, included as is.
+#[path = "../../../cli/tests/common/aws.rs"]
+mod moto;
 
-fn find_moto_server() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(python) = std::env::var("FLUXCB_TEST_PYTHON") {
-        if let Some(dir) = PathBuf::from(python).parent() {
-            candidates.push(dir.join("moto_server"));
-        }
-    }
-    if let Ok(home) = std::env::var("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/fluxcb/venv/bin/moto_server"));
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("moto_server")));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn free_loopback_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
-fn wait_until_listening(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-/// Starts moto for this test process; a watchdog shell stops it when the process exits.
-fn start_moto(binary: &Path) -> Option<String> {
-    let port = free_loopback_port();
-    let script = format!(
-        "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
-         while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
-        binary.display(),
-        std::process::id()
-    );
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_until_listening(port).then(|| format!("http://127.0.0.1:{port}"))
-}
-
-/// The emulator's URL, or `None` (after saying so) when the AWS tests cannot run here.
-pub fn endpoint() -> Option<String> {
-    ENDPOINT
-        .get_or_init(|| {
-            let found = std::env::var("FLUXCB_TEST_AWS_ENDPOINT")
-                .ok()
-                .filter(|e| !e.is_empty())
-                .or_else(|| find_moto_server().and_then(|b| start_moto(&b)));
-            match &found {
-                Some(url) => {
-                    // The SDK reads these; the same for every test in the process.
-                    std::env::set_var("AWS_ENDPOINT_URL", url);
-                    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-                    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-                    std::env::set_var("AWS_REGION", "us-east-1");
-                    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-                    std::env::remove_var("AWS_PROFILE");
-                }
-                None if std::env::var("CI").as_deref() == Ok("true") => {
-                    panic!("CI=true but no AWS emulator: set FLUXCB_TEST_AWS_ENDPOINT or install moto[server]")
-                }
-                // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-                None => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "\n*** SKIPPING Lambda entry-point tests against AWS: no moto_server found. \
-                         `pip install \"moto[server]\"` or set FLUXCB_TEST_AWS_ENDPOINT (bash .ci/run \
-                         does both). ***\n"
-                    );
-                }
-            }
-            found
-        })
-        .clone()
-}
+pub use moto::endpoint;
 
 /// What a function has after its cold start, on a fresh table and queues.
 pub struct Function {
