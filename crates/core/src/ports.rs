@@ -253,6 +253,18 @@ pub trait Queue: Send + Sync + 'static {
     async fn notify(&self, due: &[Due]) -> Result<(), StoreError>;
 }
 
+/// The legacy service's table while it is still in use (`FLUXCB_LEGACY_DATABASE_URL`): rows
+/// created through the legacy API take their integer ids from its own sequence, and an
+/// `external_id` must be unique across both sides, so that either side can insert at any time.
+#[async_trait]
+pub trait LegacyTable: Send + Sync + 'static {
+    /// `count` fresh ids from the legacy table's sequence (`nextval`), in increasing order.
+    /// Unreachable database: [`StoreError::Unavailable`].
+    async fn next_ids(&self, count: u32) -> Result<Vec<i64>, StoreError>;
+    /// Whether a legacy row carries this `external_id`.
+    async fn external_id_exists(&self, external_id: &str) -> Result<bool, StoreError>;
+}
+
 /// A request ready to go on the wire.
 #[derive(Clone, Debug)]
 pub struct OutboundRequest {

@@ -12,6 +12,8 @@
 //! - numbers went through Python and `jsonb numeric`: integers print as integers; fractions as
 //!   Python's `repr(float)` (`1.0`, `1.5e-05`), except that an integral float of 1e16 or more
 //!   comes back from `jsonb` without exponent and is then read as an integer.
+pub mod django_url;
+
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;

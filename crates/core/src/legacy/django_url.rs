@@ -1,0 +1,1 @@
+//! Django's `URLValidator` as the legacy insert API applied it (being written).
