@@ -413,6 +413,13 @@ pub struct Callback {
     /// The integer id legacy receivers see as `X-Flux-Callback-Id` (and legacy API callers as
     /// `id`): set when the wire format includes the legacy one.
     pub legacy_id: Option<i64>,
+    /// The caller's own reference (the legacy API's `external_id`), unique within a tenant.
+    pub external_id: Option<String>,
+    /// The URL string exactly as the legacy API received it, which that API echoes back (the
+    /// parsed [`CallbackSpec::url`] is normalised). `None` when the two are the same.
+    pub url_as_given: Option<String>,
+    /// The HTTP status of the latest attempt (`None` when it got no answer).
+    pub last_status_code: Option<u16>,
 }
 
 impl Callback {
@@ -447,6 +454,9 @@ impl Callback {
             created_by,
             last_error: None,
             legacy_id: None,
+            external_id: None,
+            url_as_given: None,
+            last_status_code: None,
         }
     }
 }

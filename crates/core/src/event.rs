@@ -16,6 +16,8 @@ pub enum EventKind {
     Retried,
     /// Sent back as part of a bulk redrive.
     Redriven,
+    /// Claimed for an immediate attempt by an operator (the legacy API's `send`).
+    SentNow,
 }
 
 impl EventKind {
@@ -27,6 +29,7 @@ impl EventKind {
             EventKind::Cancelled => "cancelled",
             EventKind::Retried => "retried",
             EventKind::Redriven => "redriven",
+            EventKind::SentNow => "sent_now",
         }
     }
 }

@@ -91,6 +91,22 @@ pub struct CallbackPage {
     pub next_cursor: Option<CallbackId>,
 }
 
+/// What the legacy API's list filters on: `?status=` (one legacy status can stand for several
+/// engine states) and `?external_id=`.
+#[derive(Clone, Debug, Default)]
+pub struct LegacyListFilter {
+    /// Engine states to include; `None` for all. An empty list matches nothing (an unknown
+    /// legacy status name, which the legacy service answered with an empty page).
+    pub statuses: Option<Vec<Status>>,
+    pub external_id: Option<String>,
+}
+
+/// One page of the legacy API's page-number pagination, with the total it counts.
+pub struct LegacyPage {
+    pub count: u64,
+    pub items: Vec<Callback>,
+}
+
 pub struct CallbackDetail {
     pub callback: Callback,
     pub attempts: Vec<Attempt>,
@@ -179,6 +195,55 @@ pub trait CallbackStore: Send + Sync + 'static {
     /// returns the first. Never hands out an id twice; gaps are allowed (like a SQL sequence).
     async fn allocate_legacy_ids(&self, count: u32) -> Result<i64, StoreError>;
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError>;
+
+    /// The callback the legacy API knows by this integer id.
+    async fn get_by_legacy_id(
+        &self,
+        _scope: &Scope,
+        _legacy_id: i64,
+    ) -> Result<Option<CallbackDetail>, StoreError> {
+        Err(StoreError::Unsupported(
+            "the legacy API is not served by this backend yet".into(),
+        ))
+    }
+    /// Callbacks with a legacy id, newest (highest id) first, `limit` from `offset`, and how
+    /// many match in all: the legacy API's page-number pagination.
+    async fn list_legacy(
+        &self,
+        _scope: &Scope,
+        _filter: &LegacyListFilter,
+        _offset: u64,
+        _limit: u32,
+    ) -> Result<LegacyPage, StoreError> {
+        Err(StoreError::Unsupported(
+            "the legacy API is not served by this backend yet".into(),
+        ))
+    }
+    /// Whether a callback of this tenant carries this `external_id`.
+    async fn external_id_exists(
+        &self,
+        _tenant: &TenantId,
+        _external_id: &str,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unsupported(
+            "the legacy API is not served by this backend yet".into(),
+        ))
+    }
+    /// Claims a callback for an immediate attempt whatever its due time (the legacy API's
+    /// `send` action): a scheduled or pending one as it is, a failed one with one more attempt
+    /// allowed. Records the operator action. `WrongState` when it is delivering or finished.
+    async fn claim_now(
+        &self,
+        _scope: &Scope,
+        _id: &CallbackId,
+        _actor: &str,
+        _now: DateTime<Utc>,
+        _lease_until: DateTime<Utc>,
+    ) -> Result<ActionResult, StoreError> {
+        Err(StoreError::Unsupported(
+            "sending now is not served by this backend yet".into(),
+        ))
+    }
 }
 
 /// A store that is also its own queue (the embedded store): workers poll it for due callbacks.
@@ -263,6 +328,13 @@ pub trait LegacyTable: Send + Sync + 'static {
     async fn next_ids(&self, count: u32) -> Result<Vec<i64>, StoreError>;
     /// Whether a legacy row carries this `external_id`.
     async fn external_id_exists(&self, external_id: &str) -> Result<bool, StoreError>;
+}
+
+/// Makes one attempt of a callback the caller has claimed, now, and records it (the legacy
+/// API's synchronous `send`).
+#[async_trait]
+pub trait SendNow: Send + Sync + 'static {
+    async fn send_claimed(&self, callback: &Callback) -> Result<(), StoreError>;
 }
 
 /// A request ready to go on the wire.

@@ -97,6 +97,9 @@ pub enum Transition {
     Cancel,
     /// An operator sends a dead letter back to the queue (single retry or bulk redrive).
     Retry,
+    /// An operator asks for an attempt right now, whatever the schedule (the legacy API's
+    /// `send`): the caller claims the callback and makes the attempt itself.
+    SendNow,
 }
 
 impl Transition {
@@ -111,12 +114,13 @@ impl Transition {
             | Transition::DeadLetter => &[Delivering],
             Transition::Cancel => &[Scheduled, Pending],
             Transition::Retry => &[Failed],
+            Transition::SendNow => &[Scheduled, Pending, Failed],
         }
     }
 
     pub fn target(&self) -> Status {
         match self {
-            Transition::Claim => Status::Delivering,
+            Transition::Claim | Transition::SendNow => Status::Delivering,
             Transition::Succeed => Status::Delivered,
             Transition::Reschedule
             | Transition::Defer
@@ -161,12 +165,14 @@ mod tests {
             Transition::DeadLetter,
             Transition::Cancel,
             Transition::Retry,
+            Transition::SendNow,
         ];
         for t in all {
             assert!(t.apply(Status::Delivered).is_err(), "{t:?} left delivered");
             assert!(t.apply(Status::Cancelled).is_err(), "{t:?} left cancelled");
             let from_failed = t.apply(Status::Failed);
-            assert_eq!(from_failed.is_ok(), t == Transition::Retry, "{t:?}");
+            let operator = matches!(t, Transition::Retry | Transition::SendNow);
+            assert_eq!(from_failed.is_ok(), operator, "{t:?}");
         }
     }
 

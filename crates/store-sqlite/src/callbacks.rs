@@ -9,7 +9,7 @@ use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{
     ActionResult, CallbackDetail, CallbackPage, CallbackStore, IngestBatch, IngestResult,
-    ListFilter, PageRequest, PolledStore, StoreError,
+    LegacyListFilter, LegacyPage, ListFilter, PageRequest, PolledStore, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -396,6 +396,44 @@ impl CallbackStore for SqliteStore {
                 .collect())
         })
         .await
+    }
+
+    async fn get_by_legacy_id(
+        &self,
+        scope: &Scope,
+        legacy_id: i64,
+    ) -> Result<Option<CallbackDetail>, StoreError> {
+        self.legacy_get(scope, legacy_id).await
+    }
+
+    async fn list_legacy(
+        &self,
+        scope: &Scope,
+        filter: &LegacyListFilter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<LegacyPage, StoreError> {
+        self.legacy_list(scope, filter, offset, limit).await
+    }
+
+    async fn external_id_exists(
+        &self,
+        tenant: &TenantId,
+        external_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.legacy_external_id_exists(tenant, external_id).await
+    }
+
+    async fn claim_now(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+        actor: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<ActionResult, StoreError> {
+        self.legacy_send_now(scope, id, actor, now, lease_until)
+            .await
     }
 }
 

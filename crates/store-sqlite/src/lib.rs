@@ -12,6 +12,7 @@ mod callbacks;
 pub mod error;
 mod files;
 mod keys;
+mod legacy;
 mod ops;
 mod rows;
 mod schema;

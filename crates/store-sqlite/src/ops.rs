@@ -74,8 +74,9 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         "INSERT INTO callbacks (id, tenant, status, url, host, method, headers, body_kind, \
          content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
          attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
-         created_at, updated_at, created_by, wire_format, legacy_id) VALUES (?1, ?2, ?3, ?4, ?5, \
-         ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20, ?21, ?22)",
+         created_at, updated_at, created_by, wire_format, legacy_id, external_id, url_as_given, \
+         last_status_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+         ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
     )?
     .execute(params![
         row.id,
@@ -100,6 +101,9 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         cb.created_by,
         cb.spec.wire_format.as_str(),
         cb.legacy_id,
+        cb.external_id,
+        cb.url_as_given,
+        cb.last_status_code,
     ])?;
     Ok(())
 }
@@ -157,6 +161,46 @@ pub(crate) fn filter_sql(scope: &Scope, filter: &ListFilter) -> (Vec<String>, Ve
         params.push(v.clone().into());
     }
     (conds, params)
+}
+
+/// Claims one callback for an attempt right now (the legacy API's `send`), whatever its due
+/// time. A failed one gets exactly one more attempt, as the legacy service gave it.
+pub(crate) fn send_now(
+    c: &Connection,
+    scope: &Scope,
+    id: &CallbackId,
+    actor: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> rusqlite::Result<ActionResult> {
+    let Some(cb) = load_in_scope(c, scope, id)? else {
+        return Ok(ActionResult::NotFound);
+    };
+    let Ok(to) = Transition::SendNow.apply(cb.status) else {
+        return Ok(ActionResult::WrongState(cb.status));
+    };
+    let idt = id.to_string();
+    c.prepare_cached(
+        "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2, \
+         max_attempts = CASE WHEN status = 'failed' THEN attempts_made + 1 ELSE max_attempts END \
+         WHERE id = ?1 AND status IN ('scheduled', 'pending', 'failed')",
+    )?
+    .execute(params![idt, ms(now), ms(lease_until)])?;
+    append_event(
+        c,
+        now,
+        NewEvent {
+            callback_id: &idt,
+            kind: EventKind::SentNow,
+            actor: Some(actor),
+            from: Some(cb.status),
+            to: Some(to),
+            detail: serde_json::json!({}),
+        },
+    )?;
+    Ok(load(c, &idt)?.map_or(ActionResult::NotFound, |cb| {
+        ActionResult::Done(Box::new(cb))
+    }))
 }
 
 /// Applies an operator transition (cancel, retry) to one callback.
@@ -238,7 +282,8 @@ pub(crate) fn record_attempt(
         .prepare_cached(
             "UPDATE callbacks SET status = ?2, attempts_made = MAX(attempts_made, ?3), \
              next_attempt_at = ?4, lease_until = NULL, last_error = COALESCE(?5, last_error), \
-             updated_at = ?6 WHERE id = ?1 AND status = 'delivering'",
+             updated_at = ?6, last_status_code = ?7 \
+             WHERE id = ?1 AND status = 'delivering'",
         )?
         .execute(params![
             id,
@@ -246,7 +291,8 @@ pub(crate) fn record_attempt(
             attempt.number,
             next_at.map(ms),
             last_error,
-            ms(now)
+            ms(now),
+            attempt.status_code,
         ])?;
     if changed == 0 {
         tracing::warn!(

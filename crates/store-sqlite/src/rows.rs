@@ -18,7 +18,8 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
 pub const CALLBACK_COLUMNS: &str = "id, tenant, status, url, method, headers, body_kind, \
     content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
     max_attempts_override, timeout_ms, timeout_override, metadata, created_at, updated_at, \
-    created_by, last_error, wire_format, legacy_id";
+    created_by, last_error, wire_format, legacy_id, external_id, url_as_given, \
+    last_status_code";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -77,6 +78,9 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
         created_by: row.get(19)?,
         last_error: row.get(20)?,
         legacy_id: row.get(22)?,
+        external_id: row.get(23)?,
+        url_as_given: row.get(24)?,
+        last_status_code: row.get(25)?,
     })
 }
 

@@ -126,6 +126,20 @@ CREATE TABLE sequences (
     next  INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The legacy caller API: the caller's external_id (unique per tenant, as the legacy table's
+-- column was unique), the URL as the caller wrote it, and the latest answer's status code.
+ALTER TABLE callbacks ADD COLUMN external_id TEXT;
+ALTER TABLE callbacks ADD COLUMN url_as_given TEXT;
+ALTER TABLE callbacks ADD COLUMN last_status_code INTEGER;
+CREATE UNIQUE INDEX callbacks_by_external_id ON callbacks (tenant, external_id)
+    WHERE external_id IS NOT NULL;
+-- Page-number listing of legacy rows, newest id first, with or without a status filter.
+CREATE INDEX callbacks_by_tenant_legacy_id ON callbacks (tenant, legacy_id)
+    WHERE legacy_id IS NOT NULL;
+CREATE INDEX callbacks_by_tenant_status_legacy_id ON callbacks (tenant, status, legacy_id)
+    WHERE legacy_id IS NOT NULL;
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -134,6 +134,15 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     if let Some(id) = cb.legacy_id {
         item.insert("legacy_id".into(), n(id));
     }
+    if let Some(external_id) = &cb.external_id {
+        item.insert("external_id".into(), s(external_id));
+    }
+    if let Some(url) = &cb.url_as_given {
+        item.insert("url_as_given".into(), s(url));
+    }
+    if let Some(code) = cb.last_status_code {
+        item.insert("last_status_code".into(), n(code));
+    }
     item.insert("attempts_made".into(), n(cb.attempts_made));
     item.insert("max_attempts".into(), n(cb.max_attempts));
     item.insert("attempt_budget".into(), n(cb.max_attempts));
@@ -256,6 +265,9 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
         created_by: req_s(item, "created_by")?.to_owned(),
         last_error: get_s(item, "last_error").map(str::to_owned),
         legacy_id: get_n(item, "legacy_id"),
+        external_id: get_s(item, "external_id").map(str::to_owned),
+        url_as_given: get_s(item, "url_as_given").map(str::to_owned),
+        last_status_code: get_n(item, "last_status_code").and_then(|c| u16::try_from(c).ok()),
     })
 }
 
@@ -364,6 +376,7 @@ fn event_kind(text: &str) -> Option<EventKind> {
         EventKind::Cancelled,
         EventKind::Retried,
         EventKind::Redriven,
+        EventKind::SentNow,
     ]
     .into_iter()
     .find(|k| k.as_str() == text)

@@ -118,6 +118,13 @@ impl DynamoStore {
             set.push("last_error = :err");
             values.push((":err", s(err)));
         }
+        match attempt.status_code {
+            Some(code) => {
+                set.push("last_status_code = :code");
+                values.push((":code", n(code)));
+            }
+            None => remove.push("last_status_code"),
+        }
         match next_at {
             Some(at) => {
                 set.extend([

@@ -12,6 +12,7 @@
 //! - numbers went through Python and `jsonb numeric`: integers print as integers; fractions as
 //!   Python's `repr(float)` (`1.0`, `1.5e-05`), except that an integral float of 1e16 or more
 //!   comes back from `jsonb` without exponent and is then read as an integer.
+pub mod api;
 pub mod django_url;
 
 use hmac::{Hmac, Mac};
@@ -141,7 +142,7 @@ fn write_number(out: &mut String, n: &serde_json::Number) {
 /// `repr(float)` as Python prints it, after the value's trip through `jsonb numeric`: an
 /// integral float of 1e16 or more comes back as an integer (jsonb prints no exponent), which
 /// Python then reads as an `int`.
-fn python_float_after_jsonb(f: f64) -> String {
+pub(crate) fn python_float_after_jsonb(f: f64) -> String {
     // numeric has no negative zero.
     let f = if f == 0.0 { 0.0 } else { f };
     // Rust's `{:e}` gives the shortest digits that round-trip, as Python's repr does.
