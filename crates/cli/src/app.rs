@@ -9,7 +9,8 @@ use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
 use fluxcb_core::callback::CallbackDefaults;
 use fluxcb_core::ports::{
-    CallbackStore, Clock, Due, KeyStore, NewApiKey, Queue, SecretStore, StoreError, SystemClock,
+    CallbackStore, Clock, Due, KeyStore, LegacyTable, NewApiKey, Queue, SecretStore, SendNow,
+    Sender, StoreError, SystemClock,
 };
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_core::tenant::TenantId;
@@ -17,6 +18,7 @@ use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
 use fluxcb_delivery::dispatcher::{DeliveryParts, Dispatcher, DispatcherConfig};
 use fluxcb_delivery::maintenance::{self, Retention};
 use fluxcb_delivery::secrets::SecretCache;
+use fluxcb_delivery::send_now::ImmediateDelivery;
 use fluxcb_delivery::sender::{HttpSender, SenderConfig};
 use fluxcb_http::{ApiLimits, AppParts, AppState};
 use fluxcb_store_sqlite::{DataDirLock, SqliteStore};
@@ -90,6 +92,8 @@ pub enum StartError {
     StoreOp(#[from] fluxcb_core::ports::StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Sender(String),
+    #[error("cannot reach the legacy database: {0}")]
+    LegacyDb(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -122,7 +126,27 @@ struct LocalEngine {
     lock: DataDirLock,
 }
 
+/// What the legacy caller API needs beyond the stores: the legacy table while the legacy
+/// database is configured, and the synchronous sender behind its `send` action.
+#[derive(Default)]
+pub struct LegacyParts {
+    pub table: Option<Arc<dyn LegacyTable>>,
+    pub send_now: Option<Arc<dyn SendNow>>,
+}
+
+/// Connects to the legacy database when `legacy_database_url` is set.
+pub async fn legacy_table(settings: &Settings) -> Result<Option<Arc<dyn LegacyTable>>, StartError> {
+    let Some(url) = &settings.legacy_database_url else {
+        return Ok(None);
+    };
+    let db = fluxcb_migrate::LegacyDb::connect(url)
+        .await
+        .map_err(|e| StartError::LegacyDb(e.to_string()))?;
+    Ok(Some(Arc::new(db)))
+}
+
 /// The API's state over any backend's stores and queue.
+#[allow(clippy::too_many_arguments)]
 pub fn api_state(
     settings: &Settings,
     callbacks: Arc<dyn CallbackStore>,
@@ -131,6 +155,7 @@ pub fn api_state(
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     metrics: Option<fluxcb_http::MetricsRender>,
+    legacy: LegacyParts,
 ) -> AppState {
     AppState::new(AppParts {
         callbacks,
@@ -151,6 +176,8 @@ pub fn api_state(
         legacy_format: settings.legacy_signing_secret.is_some(),
         key_cache: Default::default(),
         in_flight: Default::default(),
+        legacy_table: legacy.table,
+        send_now: legacy.send_now,
     })
 }
 
@@ -175,7 +202,11 @@ impl App {
                 let generated = parts.prepare(settings).await?;
                 let engine = parts.engine(settings)?;
                 let metrics = with_destinations(prometheus(), engine.destinations());
-                let state = parts.api_state(settings, Some(metrics));
+                let legacy = LegacyParts {
+                    table: legacy_table(settings).await?,
+                    send_now: None,
+                };
+                let state = parts.api_state(settings, Some(metrics), legacy);
                 (state, Engine::Aws(engine), generated)
             }
             #[cfg(not(feature = "aws"))]
@@ -221,10 +252,24 @@ impl App {
             max_in_flight: settings.destination_max_in_flight,
             ..DestinationLimits::default()
         }));
+        let sender: Arc<dyn Sender> = Arc::new(sender);
+        let secret_cache = Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5)));
+        let send_now = ImmediateDelivery {
+            store: store_arc.clone(),
+            sender: sender.clone(),
+            secrets: secret_cache.clone(),
+            legacy_secret: settings.legacy_signing_secret.clone(),
+            policy: settings.retry.clone(),
+            clock: clock.clone(),
+        };
+        let legacy = LegacyParts {
+            table: legacy_table(settings).await?,
+            send_now: Some(Arc::new(send_now)),
+        };
         let parts = Arc::new(DeliveryParts {
             store: store_arc.clone(),
-            sender: Arc::new(sender),
-            secrets: Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5))),
+            sender,
+            secrets: secret_cache,
             legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: clock.clone(),
@@ -246,6 +291,7 @@ impl App {
             Arc::new(WakeDispatcher(wake)),
             clock.clone(),
             Some(with_destinations(prometheus(), destinations)),
+            legacy,
         );
         let engine = Engine::Local(LocalEngine {
             dispatcher,

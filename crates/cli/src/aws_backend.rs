@@ -88,6 +88,7 @@ impl AwsParts {
         &self,
         settings: &Settings,
         metrics: Option<fluxcb_http::MetricsRender>,
+        legacy: crate::app::LegacyParts,
     ) -> AppState {
         api_state(
             settings,
@@ -97,6 +98,7 @@ impl AwsParts {
             Arc::new(self.queue.clone()),
             self.clock.clone(),
             metrics,
+            legacy,
         )
     }
 

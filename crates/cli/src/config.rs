@@ -27,6 +27,10 @@ pub struct Config {
     /// The legacy services' shared secret (`X-Flux-Signature`), for callbacks in the legacy
     /// wire format. Used as its UTF-8 bytes, as the legacy sender did.
     pub legacy_signing_secret: Option<String>,
+    /// The legacy PostgreSQL database (`postgres://…`) while the legacy service still runs:
+    /// rows created through the legacy API take ids from its sequence, and `external_id`s
+    /// stay unique across both sides.
+    pub legacy_database_url: Option<String>,
     pub allow_private_targets: String,
     pub retry_schedule: String,
     pub max_attempts: u32,
@@ -61,6 +65,7 @@ impl Default for Config {
             api_key: None,
             signing_secret: None,
             legacy_signing_secret: None,
+            legacy_database_url: None,
             allow_private_targets: String::new(),
             retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
             max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
@@ -90,6 +95,7 @@ const ENV_KEYS: &[&str] = &[
     "api_key",
     "signing_secret",
     "legacy_signing_secret",
+    "legacy_database_url",
     "allow_private_targets",
     "retry_schedule",
     "max_attempts",
@@ -158,6 +164,7 @@ pub struct Settings {
     pub api_key: Option<String>,
     pub signing_secret: Option<SigningSecret>,
     pub legacy_signing_secret: Option<std::sync::Arc<[u8]>>,
+    pub legacy_database_url: Option<String>,
     pub allow_private_targets: Vec<IpNet>,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
@@ -336,6 +343,15 @@ impl Config {
                 ),
             );
         }
+        let legacy_database_url = self.legacy_database_url.clone().filter(|u| !u.is_empty());
+        if let Some(url) = &legacy_database_url {
+            require(
+                &mut errors,
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "legacy_database_url (FLUXCB_LEGACY_DATABASE_URL): must be a postgres:// URL"
+                    .into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(format!(
                 "invalid configuration:\n  - {}",
@@ -353,6 +369,7 @@ impl Config {
                 .as_deref()
                 .filter(|s| !s.is_empty())
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
+            legacy_database_url,
             allow_private_targets: allow.expect("checked"),
             retry: RetryPolicy {
                 schedule: schedule.expect("checked"),

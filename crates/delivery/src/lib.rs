@@ -8,10 +8,12 @@
 //!   delivery for each, under a global in-flight cap.
 //! - [`maintenance`]: lease recovery and retention.
 //! - [`secrets`]: a short-lived cache of each tenant's signing secrets.
+//! - [`send_now`]: the legacy API's synchronous one-attempt `send`.
 
 pub mod connector;
 pub mod destinations;
 pub mod dispatcher;
 pub mod maintenance;
 pub mod secrets;
+pub mod send_now;
 pub mod sender;

@@ -12,13 +12,16 @@ pub mod error;
 mod extract;
 mod health;
 mod ingest;
+pub mod legacy_api;
 pub mod openapi;
 
 use std::sync::Arc;
 
 use axum::Router;
 use fluxcb_core::callback::CallbackDefaults;
-use fluxcb_core::ports::{CallbackStore, Clock, Due, KeyStore, Queue, SecretStore};
+use fluxcb_core::ports::{
+    CallbackStore, Clock, Due, KeyStore, LegacyTable, Queue, SecretStore, SendNow,
+};
 
 pub use ingest::InFlightKeys;
 
@@ -62,6 +65,11 @@ pub struct AppParts {
     /// wire format.
     pub legacy_format: bool,
     pub in_flight: InFlightKeys,
+    /// The legacy table, while the legacy database is configured: ids and `external_id`
+    /// uniqueness for rows created through the legacy API.
+    pub legacy_table: Option<Arc<dyn LegacyTable>>,
+    /// Makes the legacy API's synchronous `send` attempts (None: `send` answers 501).
+    pub send_now: Option<Arc<dyn SendNow>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -95,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.body_bytes,
         ))
+        .merge(legacy_api::router())
         .layer(axum::Extension(extract::BodyLimit(state.limits.body_bytes)))
         .with_state(state)
 }

@@ -1,0 +1,51 @@
+//! The legacy API's synchronous `send`: one attempt of a callback the API has just claimed,
+//! made in the request and recorded like any other. It bypasses the dispatcher's queue and
+//! per-destination limits on purpose: an operator asked for this one attempt, now.
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fluxcb_core::callback::Callback;
+use fluxcb_core::engine::{deliver_and_record, SigningKeys};
+use fluxcb_core::ports::{CallbackStore, Clock, SendNow, Sender, StoreError};
+use fluxcb_core::retry::RetryPolicy;
+
+use crate::dispatcher::record_metrics;
+use crate::secrets::SecretCache;
+
+pub struct ImmediateDelivery {
+    pub store: Arc<dyn CallbackStore>,
+    pub sender: Arc<dyn Sender>,
+    pub secrets: Arc<SecretCache>,
+    pub legacy_secret: Option<Arc<[u8]>>,
+    pub policy: RetryPolicy,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[async_trait]
+impl SendNow for ImmediateDelivery {
+    async fn send_claimed(&self, callback: &Callback) -> Result<(), StoreError> {
+        let secrets = self.secrets.get(&callback.tenant).await?;
+        let step = deliver_and_record(
+            callback,
+            self.store.as_ref(),
+            self.sender.as_ref(),
+            SigningKeys {
+                standard: &secrets,
+                legacy: self.legacy_secret.as_deref(),
+            },
+            &self.policy,
+            self.clock.as_ref(),
+        )
+        .await?;
+        record_metrics(callback, &step, self.clock.now());
+        tracing::info!(
+            callback_id = %callback.id,
+            tenant = %callback.tenant,
+            attempt = step.attempt.number,
+            status_code = step.attempt.status_code,
+            decision = ?step.decision,
+            "send-now attempt finished"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! The legacy caller API, `/api/callbacks/`, served next to `/v1` so that callers of
+//! `flux-callme-service` and `flux-callback-service` can point at fluxcb without changing a line:
+//! DRF token auth, DRF request rules and error shapes, integer ids, page-number pagination,
+//! and the `cancel` and `send` actions. The field rules and the row view live in
+//! [`fluxcb_core::legacy::api`]; this module is the HTTP side.
+//!
+//! Rows created here take their integer ids from the legacy table's sequence while the legacy
+//! database is configured ([`fluxcb_core::ports::LegacyTable`]), else from the store's own, and
+//! an `external_id` must be unused on both sides.
+mod error;
+mod page;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use fluxcb_core::auth::ApiKey;
+use fluxcb_core::callback::{Callback, WireFormat};
+use fluxcb_core::id::CallbackId;
+use fluxcb_core::legacy::api::{self as rules, FieldErrors, LegacyCreate, LegacyRow, PAGE_SIZE};
+use fluxcb_core::ports::{
+    ActionResult, Due, IngestBatch, IngestResult, LegacyListFilter, StoreError,
+};
+use fluxcb_core::tenant::Scope;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use error::LegacyError;
+
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest body the legacy service read.
+pub const BODY_LIMIT: usize = 2_621_440;
+/// The synchronous `send` answers within this, under API Gateway's 30-second limit; an attempt
+/// still running then finishes in the background and the answer shows it as `sending`.
+const SEND_WAIT: Duration = Duration::from_secs(25);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/", any(api_root))
+        .route("/api/callbacks/", any(collection))
+        .route("/api/callbacks/{id}/", any(item))
+        .route("/api/callbacks/{id}/cancel/", any(cancel))
+        .route("/api/callbacks/{id}/send/", any(send))
+        .route("/api", any(append_slash))
+        .route("/api/callbacks", any(append_slash))
+        .route("/api/callbacks/{id}", any(append_slash))
+        .route("/api/callbacks/{id}/cancel", any(append_slash))
+        .route("/api/callbacks/{id}/send", any(append_slash))
+        .route("/api/{*rest}", any(no_route))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("legacy responses serialise");
+    let mut r = (status, bytes).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// DRF `TokenAuthentication`: `Authorization: Token <key>`, with its messages for each way the
+/// header can be wrong. Keys are fluxcb API keys; tokens imported from legacy are keys of the
+/// `legacy` tenant.
+async fn authenticate_token(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, LegacyError> {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let parts: Vec<&[u8]> = raw
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts
+        .first()
+        .is_none_or(|k| !k.eq_ignore_ascii_case(b"token"))
+    {
+        return Err(LegacyError::Unauthenticated(
+            "Authentication credentials were not provided.",
+        ));
+    }
+    let token = match parts.as_slice() {
+        [_] => {
+            return Err(LegacyError::Unauthenticated(
+                "Invalid token header. No credentials provided.",
+            ))
+        }
+        [_, token] => std::str::from_utf8(token).map_err(|_| {
+            LegacyError::Unauthenticated(
+                "Invalid token header. Token string should not contain invalid characters.",
+            )
+        })?,
+        _ => {
+            return Err(LegacyError::Unauthenticated(
+                "Invalid token header. Token string should not contain spaces.",
+            ))
+        }
+    };
+    authenticate(state, token).await.map_err(|e| match e {
+        ApiError::Unauthorized => LegacyError::Unauthenticated("Invalid token."),
+        ApiError::Overloaded { retry_after, .. } => LegacyError::Unavailable {
+            detail: "Service temporarily unavailable, try again later.".into(),
+            retry_after,
+        },
+        other => LegacyError::Internal(other.to_string()),
+    })
+}
+
+fn not_allowed(method: &Method) -> LegacyError {
+    LegacyError::MethodNotAllowed(method.as_str().to_owned())
+}
+
+fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+async fn api_root(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, LegacyError> {
+    authenticate_token(&state, &headers).await?;
+    if !is_read(&method) {
+        return Err(not_allowed(&method));
+    }
+    let callbacks = page::link(&headers, &uri, None).replace("/api/", "/api/callbacks/");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "callbacks": callbacks }),
+    ))
+}
+
+/// Django's `APPEND_SLASH`: a path without its trailing slash is redirected to the one with it.
+async fn append_slash(uri: Uri) -> Response {
+    let target = match uri.query() {
+        Some(q) => format!("{}/?{q}", uri.path()),
+        None => format!("{}/", uri.path()),
+    };
+    let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+async fn no_route() -> LegacyError {
+    LegacyError::NoRoute
+}
+
+async fn collection(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, LegacyError> {
+    let caller = authenticate_token(&state, &headers).await?;
+    if is_read(&method) {
+        list(&state, &caller, &headers, &uri).await
+    } else if method == Method::POST {
+        create(&state, &caller, &headers, &body).await
+    } else {
+        Err(not_allowed(&method))
+    }
+}
+
+#[derive(Serialize)]
+struct Page {
+    count: u64,
+    next: Option<String>,
+    previous: Option<String>,
+    results: Vec<LegacyRow>,
+}
+
+async fn list(
+    state: &AppState,
+    caller: &ApiKey,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, LegacyError> {
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    // Django's QueryDict.get: the last value of a repeated parameter.
+    let param = |name: &str| {
+        query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let filter = LegacyListFilter {
+        statuses: param("status")
+            .filter(|s| !s.is_empty())
+            .map(rules::engine_statuses),
+        external_id: param("external_id")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    };
+    let scope = caller.scope();
+    let size = u64::from(PAGE_SIZE);
+    // The count decides which pages exist; a page past the end is an error, as in DRF.
+    let first = state
+        .callbacks
+        .list_legacy(&scope, &filter, 0, PAGE_SIZE)
+        .await?;
+    let pages = page::pages(first.count, size);
+    let n = page::page_number(param("page"), pages)?;
+    let listing = if n == 1 {
+        first
+    } else {
+        state
+            .callbacks
+            .list_legacy(&scope, &filter, (n - 1) * size, PAGE_SIZE)
+            .await?
+    };
+    let body = Page {
+        count: listing.count,
+        next: (n < pages).then(|| page::link(headers, uri, Some(n + 1))),
+        previous: (n > 1).then(|| page::link(headers, uri, (n > 2).then_some(n - 1))),
+        results: listing.items.iter().filter_map(LegacyRow::of).collect(),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// What DRF's parsers make of the body: JSON, a form, or nothing (no content type).
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, LegacyError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media.is_empty() || body.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    match media.as_str() {
+        "application/json" => serde_json::from_slice(body)
+            .map_err(|e| LegacyError::ParseError(format!("JSON parse error - {e}"))),
+        "application/x-www-form-urlencoded" => {
+            // Form values are strings; DRF's JSONField reads its form value as JSON text.
+            let mut object = serde_json::Map::new();
+            for (k, v) in url::form_urlencoded::parse(body) {
+                let value = if k == "headers" || k == "payload" {
+                    serde_json::from_str(&v).unwrap_or(Value::String(v.into_owned()))
+                } else {
+                    Value::String(v.into_owned())
+                };
+                object.insert(k.into_owned(), value);
+            }
+            Ok(Value::Object(object))
+        }
+        _ => Err(LegacyError::UnsupportedMediaType(format!(
+            "Unsupported media type \"{content_type}\" in request."
+        ))),
+    }
+}
+
+async fn create(
+    state: &AppState,
+    caller: &ApiKey,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, LegacyError> {
+    let input = parse_body(headers, body)?;
+    let validated = rules::validate_create(&input);
+    // DRF runs the uniqueness check with the other field checks and reports them together.
+    let external_id = match &validated {
+        Ok(ok) => ok.external_id.clone(),
+        Err(_) => input
+            .get("external_id")
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_owned()),
+    };
+    let taken = match &external_id {
+        Some(ext) => external_id_taken(state, caller, ext).await?,
+        None => false,
+    };
+    let create = match (validated, taken) {
+        (Ok(create), false) => create,
+        (Ok(_), true) => {
+            let mut errors = FieldErrors::new();
+            rules::add_external_id_taken(&mut errors);
+            return Err(LegacyError::Validation(errors));
+        }
+        (Err(mut errors), taken) => {
+            if taken && !errors.iter().any(|(f, _)| f == "external_id") {
+                rules::add_external_id_taken(&mut errors);
+            }
+            return Err(LegacyError::Validation(errors));
+        }
+    };
+    let callback = accept(state, caller, create).await?;
+    let row = LegacyRow::of(&callback).expect("legacy API callbacks have a legacy id");
+    let due = Due {
+        id: callback.id,
+        tenant: callback.tenant.clone(),
+        at: callback.next_attempt_at.unwrap_or(callback.created_at),
+    };
+    let result = state
+        .callbacks
+        .ingest(IngestBatch {
+            tenant: callback.tenant.clone(),
+            callbacks: vec![callback],
+            idempotency: None,
+        })
+        .await;
+    match result {
+        Ok(IngestResult::Accepted) => {}
+        Ok(other) => {
+            return Err(LegacyError::Internal(format!(
+                "unexpected ingest result {other:?}"
+            )))
+        }
+        // The unique index caught a concurrent insert of the same external_id.
+        Err(StoreError::Conflict(_)) => {
+            let mut errors = FieldErrors::new();
+            rules::add_external_id_taken(&mut errors);
+            return Err(LegacyError::Validation(errors));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!(fluxcb_core::metric_names::ACCEPTED).increment(1);
+    state.notify_queue(&[due]).await;
+    let mut response = json(StatusCode::CREATED, &row);
+    // DRF's CreateModelMixin sends the `url` field as Location (the callback's own URL).
+    if let Ok(v) = HeaderValue::from_str(&row.url) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn external_id_taken(
+    state: &AppState,
+    caller: &ApiKey,
+    external_id: &str,
+) -> Result<bool, LegacyError> {
+    if state
+        .callbacks
+        .external_id_exists(&caller.tenant, external_id)
+        .await?
+    {
+        return Ok(true);
+    }
+    match &state.legacy_table {
+        Some(table) => Ok(table.external_id_exists(external_id).await?),
+        None => Ok(false),
+    }
+}
+
+/// Builds the stored callback: an integer id from the legacy sequence (or ours), the legacy
+/// wire format when the legacy secret is configured.
+async fn accept(
+    state: &AppState,
+    caller: &ApiKey,
+    create: LegacyCreate,
+) -> Result<Callback, LegacyError> {
+    // Stores keep milliseconds; the answer must show what a later read will.
+    let now = chrono::SubsecRound::trunc_subsecs(state.clock.now(), 3);
+    let mut spec = create.spec();
+    if !state.legacy_format {
+        // Without the legacy secret there is nothing to sign the legacy way with; receivers
+        // get Standard Webhooks headers (the runbook has the secret set before cutover).
+        spec.wire_format = WireFormat::StandardWebhooks;
+    }
+    let legacy_id = match &state.legacy_table {
+        Some(table) => table
+            .next_ids(1)
+            .await?
+            .first()
+            .copied()
+            .ok_or_else(|| LegacyError::Internal("the legacy sequence gave no id".into()))?,
+        None => state.callbacks.allocate_legacy_ids(1).await?,
+    };
+    let mut callback = Callback::accept(
+        CallbackId::generate(),
+        caller.tenant.clone(),
+        spec,
+        &state.defaults,
+        caller.name.clone(),
+        now,
+    );
+    callback.legacy_id = Some(legacy_id);
+    callback.external_id = create.external_id;
+    if callback.spec.url.as_str() != create.url_as_given {
+        callback.url_as_given = Some(create.url_as_given);
+    }
+    Ok(callback)
+}
+
+/// The `id` path segment as Django's integer lookup reads it; `None` when no row can match.
+fn legacy_id(raw: &str) -> Option<i64> {
+    raw.trim()
+        .strip_prefix('+')
+        .unwrap_or(raw.trim())
+        .parse()
+        .ok()
+}
+
+async fn find(state: &AppState, scope: &Scope, raw_id: &str) -> Result<Callback, LegacyError> {
+    let id = legacy_id(raw_id).ok_or(LegacyError::NotFound)?;
+    state
+        .callbacks
+        .get_by_legacy_id(scope, id)
+        .await?
+        .map(|d| d.callback)
+        .ok_or(LegacyError::NotFound)
+}
+
+fn row_response(status: StatusCode, cb: &Callback) -> Result<Response, LegacyError> {
+    LegacyRow::of(cb)
+        .map(|row| json(status, &row))
+        .ok_or(LegacyError::NotFound)
+}
+
+async fn item(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, LegacyError> {
+    // The router's lookup pattern, `[^/.]+`: a dot means no route at all.
+    if id.contains('.') {
+        return Err(LegacyError::NoRoute);
+    }
+    let caller = authenticate_token(&state, &headers).await?;
+    if !is_read(&method) {
+        return Err(not_allowed(&method));
+    }
+    let cb = find(&state, &caller.scope(), &id).await?;
+    row_response(StatusCode::OK, &cb)
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, LegacyError> {
+    if id.contains('.') {
+        return Err(LegacyError::NoRoute);
+    }
+    let caller = authenticate_token(&state, &headers).await?;
+    if method != Method::POST {
+        return Err(not_allowed(&method));
+    }
+    let scope = caller.scope();
+    let cb = find(&state, &scope, &id).await?;
+    match state.callbacks.cancel(&scope, &cb.id, &caller.name).await? {
+        ActionResult::Done(cb) => row_response(StatusCode::OK, &cb),
+        ActionResult::NotFound => Err(LegacyError::NotFound),
+        ActionResult::WrongState(status) => Err(LegacyError::Conflict(format!(
+            "Only pending callbacks can be cancelled; this one is {}.",
+            rules::legacy_status(status)
+        ))),
+    }
+}
+
+/// `flux-callback-service`'s send-now: one attempt right away, answered with the row after it.
+async fn send(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, LegacyError> {
+    // Django's `<int:pk>` converter: digits only, or no route.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(LegacyError::NoRoute);
+    }
+    let caller = authenticate_token(&state, &headers).await?;
+    if method != Method::POST {
+        return Err(not_allowed(&method));
+    }
+    let Some(sender) = state.send_now.clone() else {
+        return Err(LegacyError::Unsupported(
+            "sending now is not available in this deployment".into(),
+        ));
+    };
+    let scope = caller.scope();
+    let current = find(&state, &scope, &id).await?;
+    let now = state.clock.now();
+    let lease = chrono::Duration::milliseconds(i64::from(current.timeout_ms))
+        + chrono::Duration::seconds(30);
+    let claimed = match state
+        .callbacks
+        .claim_now(&scope, &current.id, &caller.name, now, now + lease)
+        .await?
+    {
+        ActionResult::Done(cb) => *cb,
+        ActionResult::NotFound => return Err(LegacyError::NotFound),
+        ActionResult::WrongState(status) => {
+            return Err(LegacyError::Conflict(format!(
+                "Callback is {}; only pending or failed callbacks can be sent.",
+                rules::legacy_status(status)
+            )))
+        }
+    };
+    let attempt = tokio::spawn(async move { sender.send_claimed(&claimed).await });
+    match tokio::time::timeout(SEND_WAIT, attempt).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(join)) => return Err(LegacyError::Internal(format!("send task failed: {join}"))),
+        Err(_) => {
+            tracing::warn!(callback_id = %current.id, "send-now attempt still running; answering with the row as it is")
+        }
+    }
+    let after = state
+        .callbacks
+        .get(&scope, &current.id)
+        .await?
+        .ok_or(LegacyError::NotFound)?;
+    row_response(StatusCode::OK, &after.callback)
+}
