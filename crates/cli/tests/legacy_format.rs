@@ -207,3 +207,52 @@ async fn fluxcb_renders_and_signs_exactly_as_the_legacy_sender_does() {
         }
     }
 }
+
+/// `fluxcb_core::legacy::django_url` is tested against answers the legacy serializer gave
+/// (`crates/core/src/legacy/django_url_vectors.json`); this asks the real Django and DRF again, so
+/// that a change on either side (a bumped pin, an edited vector) shows up here.
+#[test]
+fn django_url_vectors_are_what_the_legacy_serializer_answers() {
+    let Some(dir) = legacy_dir() else {
+        return skip("the legacy project (../shared/legacy) is not here");
+    };
+    let Some(python) = python() else {
+        return skip("no Python with Django, DRF, psycopg and requests (.ci/requirements.txt)");
+    };
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/django_url_vectors.py");
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .env("FLUXCB_LEGACY_DIR", &dir)
+        .env("LEGACY_HOME", home.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("start python");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let checked_in: Vec<Value> = serde_json::from_str(include_str!(
+        "../../core/src/legacy/django_url_vectors.json"
+    ))
+    .unwrap();
+    let differing: Vec<String> = fresh
+        .iter()
+        .zip(&checked_in)
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .map(|(a, b)| format!("legacy now: {a}\nchecked in: {b}"))
+        .collect();
+    assert!(
+        fresh.len() == checked_in.len() && differing.is_empty(),
+        "the checked-in vectors are stale ({} now, {} checked in); regenerate them with \
+         scripts/django_url_vectors.py, then make django_url.rs pass again:\n{}",
+        fresh.len(),
+        checked_in.len(),
+        differing.join("\n")
+    );
+}
