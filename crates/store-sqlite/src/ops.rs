@@ -164,7 +164,8 @@ pub(crate) fn filter_sql(scope: &Scope, filter: &ListFilter) -> (Vec<String>, Ve
 }
 
 /// Claims one callback for an attempt right now (the legacy API's `send`), whatever its due
-/// time. A failed one gets exactly one more attempt, as the legacy service gave it.
+/// time. A failed one gets exactly one more attempt, as the legacy service gave it: its attempts
+/// are already at the maximum, so a failure dead-letters it again.
 pub(crate) fn send_now(
     c: &Connection,
     scope: &Scope,
@@ -181,8 +182,7 @@ pub(crate) fn send_now(
     };
     let idt = id.to_string();
     c.prepare_cached(
-        "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2, \
-         max_attempts = CASE WHEN status = 'failed' THEN attempts_made + 1 ELSE max_attempts END \
+        "UPDATE callbacks SET status = 'delivering', lease_until = ?3, updated_at = ?2 \
          WHERE id = ?1 AND status IN ('scheduled', 'pending', 'failed')",
     )?
     .execute(params![idt, ms(now), ms(lease_until)])?;

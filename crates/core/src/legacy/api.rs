@@ -457,12 +457,16 @@ impl LegacyRow {
             Payload::Raw { bytes, .. } => Value::String(String::from_utf8_lossy(bytes).into()),
             Payload::Empty => Value::Null,
         };
-        // The legacy row's callback_time moved to each retry's time; ours is next_attempt_at
-        // while one is due, and the schedule the caller asked for once none is.
-        let callback_time = cb
-            .next_attempt_at
-            .or(cb.spec.deliver_at)
-            .unwrap_or(cb.created_at);
+        // The legacy row's callback_time moved to each retry's time and then stayed. Ours is
+        // the schedule asked for until a retry was set, the next attempt's time while one is
+        // due, and (approximately) the last change once a retried callback has finished.
+        let asked = cb.spec.deliver_at.unwrap_or(cb.created_at);
+        let callback_time = match cb.next_attempt_at {
+            Some(at) if cb.attempts_made > 0 => at,
+            Some(_) => asked,
+            None if cb.attempts_made > 1 => cb.updated_at,
+            None => asked,
+        };
         Some(Self {
             id,
             url: cb

@@ -22,6 +22,9 @@ pub enum LegacyError {
     UnsupportedMediaType(String),
     #[error("No Callback matches the given query.")]
     NotFound,
+    /// An id the integer lookup could not even read (DRF's generic 404).
+    #[error("Not found.")]
+    BadLookup,
     #[error("Invalid page.")]
     InvalidPage,
     /// A path no legacy route matches: Django answered with its HTML 404 page.
@@ -72,9 +75,10 @@ impl IntoResponse for LegacyError {
             LegacyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             LegacyError::Validation(_) | LegacyError::ParseError(_) => StatusCode::BAD_REQUEST,
             LegacyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            LegacyError::NotFound | LegacyError::InvalidPage | LegacyError::NoRoute => {
-                StatusCode::NOT_FOUND
-            }
+            LegacyError::NotFound
+            | LegacyError::BadLookup
+            | LegacyError::InvalidPage
+            | LegacyError::NoRoute => StatusCode::NOT_FOUND,
             LegacyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             LegacyError::Conflict(_) => StatusCode::CONFLICT,
             LegacyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -146,8 +146,13 @@ async fn append_slash(uri: Uri) -> Response {
         None => format!("{}/", uri.path()),
     };
     let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(&target) {
-        r.headers_mut().insert(header::LOCATION, v);
+        headers.insert(header::LOCATION, v);
     }
     r
 }
@@ -406,6 +411,16 @@ async fn accept(
     Ok(callback)
 }
 
+/// DRF's format suffixes (`/api/callbacks/7.json/`): `json` is the one renderer the service
+/// had; any other suffix is a 404 from content negotiation.
+fn without_format_suffix(id: &str) -> Result<&str, LegacyError> {
+    match id.split_once('.') {
+        None => Ok(id),
+        Some((id, "json")) if !id.is_empty() => Ok(id),
+        Some(_) => Err(LegacyError::BadLookup),
+    }
+}
+
 /// The `id` path segment as Django's integer lookup reads it; `None` when no row can match.
 fn legacy_id(raw: &str) -> Option<i64> {
     raw.trim()
@@ -416,7 +431,7 @@ fn legacy_id(raw: &str) -> Option<i64> {
 }
 
 async fn find(state: &AppState, scope: &Scope, raw_id: &str) -> Result<Callback, LegacyError> {
-    let id = legacy_id(raw_id).ok_or(LegacyError::NotFound)?;
+    let id = legacy_id(raw_id).ok_or(LegacyError::BadLookup)?;
     state
         .callbacks
         .get_by_legacy_id(scope, id)
@@ -437,15 +452,11 @@ async fn item(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, LegacyError> {
-    // The router's lookup pattern, `[^/.]+`: a dot means no route at all.
-    if id.contains('.') {
-        return Err(LegacyError::NoRoute);
-    }
     let caller = authenticate_token(&state, &headers).await?;
     if !is_read(&method) {
         return Err(not_allowed(&method));
     }
-    let cb = find(&state, &caller.scope(), &id).await?;
+    let cb = find(&state, &caller.scope(), without_format_suffix(&id)?).await?;
     row_response(StatusCode::OK, &cb)
 }
 
@@ -455,15 +466,12 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, LegacyError> {
-    if id.contains('.') {
-        return Err(LegacyError::NoRoute);
-    }
     let caller = authenticate_token(&state, &headers).await?;
     if method != Method::POST {
         return Err(not_allowed(&method));
     }
     let scope = caller.scope();
-    let cb = find(&state, &scope, &id).await?;
+    let cb = find(&state, &scope, without_format_suffix(&id)?).await?;
     match state.callbacks.cancel(&scope, &cb.id, &caller.name).await? {
         ActionResult::Done(cb) => row_response(StatusCode::OK, &cb),
         ActionResult::NotFound => Err(LegacyError::NotFound),
