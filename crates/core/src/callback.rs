@@ -129,6 +129,37 @@ impl FromStr for WireFormat {
     }
 }
 
+/// Which system delivers a callback during a migration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    #[default]
+    Fluxcb,
+    /// The legacy service delivers it; fluxcb keeps a read-only mirror (imported while legacy
+    /// still sends, recorded in a shadow run, or handed back by a rollback). Never due here.
+    Legacy,
+}
+
+impl Owner {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Fluxcb => "fluxcb",
+            Owner::Legacy => "legacy",
+        }
+    }
+}
+
+impl FromStr for Owner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fluxcb" => Ok(Owner::Fluxcb),
+            "legacy" => Ok(Owner::Legacy),
+            other => Err(format!("unknown owner `{other}`")),
+        }
+    }
+}
+
 /// The scheme, host and port a callback is sent to: the unit of per-destination limits,
 /// circuit breaking and health.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -420,6 +451,7 @@ pub struct Callback {
     pub url_as_given: Option<String>,
     /// The HTTP status of the latest attempt (`None` when it got no answer).
     pub last_status_code: Option<u16>,
+    pub owner: Owner,
 }
 
 impl Callback {
@@ -457,6 +489,7 @@ impl Callback {
             external_id: None,
             url_as_given: None,
             last_status_code: None,
+            owner: Owner::Fluxcb,
         }
     }
 }

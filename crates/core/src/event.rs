@@ -18,6 +18,12 @@ pub enum EventKind {
     Redriven,
     /// Claimed for an immediate attempt by an operator (the legacy API's `send`).
     SentNow,
+    /// Copied from the legacy table, or refreshed from it (`fluxcb migrate import`).
+    Imported,
+    /// Recorded in a shadow run: detail holds the request fluxcb would have sent, and when.
+    Shadowed,
+    /// Written back to the legacy table by a rollback (`fluxcb migrate export`).
+    HandedBack,
 }
 
 impl EventKind {
@@ -30,6 +36,9 @@ impl EventKind {
             EventKind::Retried => "retried",
             EventKind::Redriven => "redriven",
             EventKind::SentNow => "sent_now",
+            EventKind::Imported => "imported",
+            EventKind::Shadowed => "shadowed",
+            EventKind::HandedBack => "handed_back",
         }
     }
 }

@@ -28,6 +28,15 @@ impl CallbackId {
         Self(next.unwrap_or_else(|_| Ulid::new()))
     }
 
+    /// The id of a row imported from the legacy table: its creation time and its legacy id,
+    /// so that importing the same row twice names the same callback.
+    pub fn for_legacy_row(created_at: chrono::DateTime<chrono::Utc>, legacy_id: i64) -> Self {
+        // A fixed marker in the high random bits keeps these apart from generated ids.
+        const MARKER: u128 = 0x1e6a << 64;
+        let ms = created_at.timestamp_millis().max(0) as u64;
+        Self(Ulid::from_parts(ms, MARKER | u128::from(legacy_id as u64)))
+    }
+
     pub fn from_ulid(ulid: Ulid) -> Self {
         Self(ulid)
     }

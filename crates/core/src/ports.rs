@@ -118,6 +118,21 @@ pub enum ActionResult {
     NotFound,
     /// The callback is in a state the action cannot start from.
     WrongState(Status),
+    /// The legacy service owns it (a mirror): act on it there.
+    OwnedByLegacy,
+}
+
+/// What an import did with one legacy row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Inserted,
+    /// A mirror refreshed from the legacy row, or taken over (`--take-ownership`).
+    Updated,
+    Unchanged,
+    /// fluxcb owns this callback already (taken over earlier): the legacy row is stale.
+    OwnedHere,
+    /// Not imported, with the reason (an `external_id` another callback has, say).
+    Skipped(String),
 }
 
 #[async_trait]
@@ -227,6 +242,21 @@ pub trait CallbackStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         Err(StoreError::Unsupported(
             "the legacy API is not served by this backend yet".into(),
+        ))
+    }
+    /// Copies rows from the legacy table, keyed on their legacy id: new ones are inserted,
+    /// mirrors (owner legacy) are refreshed, or taken over when the row comes with owner
+    /// fluxcb; callbacks fluxcb already owns are left alone. One outcome per row, in order.
+    async fn import_legacy(&self, _rows: Vec<Callback>) -> Result<Vec<ImportOutcome>, StoreError> {
+        Err(StoreError::Unsupported(
+            "importing from legacy is not served by this backend yet".into(),
+        ))
+    }
+    /// Moves the legacy id sequence past `id` (never back), so ids fluxcb hands out after an
+    /// import never collide with imported ones.
+    async fn advance_legacy_ids_past(&self, _id: i64) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "the legacy id sequence is not served by this backend yet".into(),
         ))
     }
     /// Claims a callback for an immediate attempt whatever its due time (the legacy API's

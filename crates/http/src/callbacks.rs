@@ -224,6 +224,9 @@ fn action_response(
         ActionResult::WrongState(s) => Err(ApiError::WrongState(format!(
             "cannot {verb} a callback that is {s}; only {allowed} callbacks can be"
         ))),
+        ActionResult::OwnedByLegacy => Err(ApiError::WrongState(format!(
+            "cannot {verb} this callback here: the legacy service owns it (a migration mirror)"
+        ))),
     }
 }
 

@@ -8,8 +8,8 @@ use fluxcb_core::callback::Callback;
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{
-    ActionResult, CallbackDetail, CallbackPage, CallbackStore, IngestBatch, IngestResult,
-    LegacyListFilter, LegacyPage, ListFilter, PageRequest, PolledStore, StoreError,
+    ActionResult, CallbackDetail, CallbackPage, CallbackStore, ImportOutcome, IngestBatch,
+    IngestResult, LegacyListFilter, LegacyPage, ListFilter, PageRequest, PolledStore, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -199,7 +199,11 @@ impl CallbackStore for SqliteStore {
             ..filter.clone()
         };
         let (conds, params) = filter_sql(scope, &filter);
-        let query = format!("SELECT id FROM callbacks WHERE {}", conds.join(" AND "));
+        // Mirrors of legacy rows are redriven by legacy, not here.
+        let query = format!(
+            "SELECT id FROM callbacks WHERE {} AND owner = 'fluxcb'",
+            conds.join(" AND ")
+        );
         let actor = actor.to_owned();
         self.writer()
             .write(Durability::Full, move |c| {
@@ -422,6 +426,14 @@ impl CallbackStore for SqliteStore {
         external_id: &str,
     ) -> Result<bool, StoreError> {
         self.legacy_external_id_exists(tenant, external_id).await
+    }
+
+    async fn import_legacy(&self, rows: Vec<Callback>) -> Result<Vec<ImportOutcome>, StoreError> {
+        self.legacy_import(rows).await
+    }
+
+    async fn advance_legacy_ids_past(&self, id: i64) -> Result<(), StoreError> {
+        self.legacy_advance_ids_past(id).await
     }
 
     async fn claim_now(

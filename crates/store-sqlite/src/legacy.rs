@@ -2,14 +2,19 @@
 //! with a total, `external_id` lookups and the synchronous `send` claim.
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
+use fluxcb_core::callback::{Callback, Owner};
+use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{ActionResult, CallbackDetail, LegacyListFilter, LegacyPage, StoreError};
+use fluxcb_core::ports::{
+    ActionResult, CallbackDetail, ImportOutcome, LegacyListFilter, LegacyPage, StoreError,
+};
 use fluxcb_core::tenant::{Scope, TenantId};
 use rusqlite::types::Value;
-use rusqlite::{params_from_iter, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::sql;
-use crate::rows::{self, ATTEMPT_COLUMNS, CALLBACK_COLUMNS};
+use crate::ops::{append_event, insert_callback, CallbackRow, NewEvent};
+use crate::rows::{self, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS};
 use crate::writer::Durability;
 use crate::SqliteStore;
 
@@ -122,4 +127,164 @@ impl SqliteStore {
             })
             .await
     }
+
+    pub(crate) async fn legacy_import(
+        &self,
+        rows: Vec<Callback>,
+    ) -> Result<Vec<ImportOutcome>, StoreError> {
+        let rows: Vec<CallbackRow> = rows.into_iter().map(CallbackRow::new).collect();
+        self.writer()
+            .write(Durability::Full, move |c| {
+                rows.iter()
+                    .map(|row| import_one(c, row))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql)
+            })
+            .await
+    }
+
+    pub(crate) async fn legacy_advance_ids_past(&self, id: i64) -> Result<(), StoreError> {
+        self.writer()
+            .write(Durability::Full, move |c| {
+                c.prepare_cached(
+                    "INSERT INTO sequences (name, next) VALUES ('legacy_id', \
+                     MAX(?1 + 1, COALESCE((SELECT MAX(legacy_id) FROM callbacks), 0) + 1)) \
+                     ON CONFLICT (name) DO UPDATE SET next = MAX(next, ?1 + 1)",
+                )
+                .and_then(|mut s| s.execute([id]))
+                .map(|_| ())
+                .map_err(sql)
+            })
+            .await
+    }
+}
+
+/// The parts of a mirror that change as legacy works on the row.
+type MirrorState = (
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+fn import_one(c: &Connection, row: &CallbackRow) -> rusqlite::Result<ImportOutcome> {
+    let cb = &row.callback;
+    let Some(legacy_id) = cb.legacy_id else {
+        return Ok(ImportOutcome::Skipped("no legacy id".into()));
+    };
+    let existing: Option<(String, String, MirrorState)> = c
+        .prepare_cached(
+            "SELECT id, owner, status, attempts_made, max_attempts, last_status_code, \
+             last_error, updated_at, deliver_at FROM callbacks WHERE legacy_id = ?1",
+        )?
+        .query_row([legacy_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                (
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ),
+            ))
+        })
+        .optional()?;
+    let now = Utc::now();
+    let Some((id, owner, state)) = existing else {
+        if let Some(ext) = &cb.external_id {
+            let holder: Option<Option<i64>> = c
+                .prepare_cached(
+                    "SELECT legacy_id FROM callbacks WHERE tenant = ?1 AND external_id = ?2",
+                )?
+                .query_row(params![cb.tenant.as_str(), ext], |r| r.get(0))
+                .optional()?;
+            if let Some(holder) = holder {
+                let who = holder.map_or("a callback created through /v1".to_owned(), |h| {
+                    format!("callback {h}")
+                });
+                return Ok(ImportOutcome::Skipped(format!(
+                    "external_id {ext:?} already belongs to {who}"
+                )));
+            }
+        }
+        c.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
+            .execute(params![cb.tenant.as_str(), ms(now)])?;
+        insert_callback(c, row)?;
+        imported_event(c, cb, "inserted", now)?;
+        return Ok(ImportOutcome::Inserted);
+    };
+    if owner == Owner::Fluxcb.as_str() {
+        return Ok(ImportOutcome::OwnedHere);
+    }
+    let incoming: MirrorState = (
+        cb.status.as_str().to_owned(),
+        i64::from(cb.attempts_made),
+        i64::from(cb.max_attempts),
+        cb.last_status_code.map(i64::from),
+        cb.last_error.clone(),
+        ms(cb.updated_at),
+        cb.spec.deliver_at.map(ms),
+    );
+    if cb.owner == Owner::Legacy && incoming == state {
+        return Ok(ImportOutcome::Unchanged);
+    }
+    c.prepare_cached(
+        "UPDATE callbacks SET status = ?2, attempts_made = ?3, max_attempts = ?4, \
+         attempt_budget = ?4, last_status_code = ?5, last_error = ?6, updated_at = ?7, \
+         deliver_at = ?8, next_attempt_at = ?9, owner = ?10, lease_until = NULL WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        cb.status.as_str(),
+        cb.attempts_made,
+        cb.max_attempts,
+        cb.last_status_code,
+        cb.last_error,
+        ms(cb.updated_at),
+        cb.spec.deliver_at.map(ms),
+        cb.next_attempt_at.map(ms),
+        cb.owner.as_str(),
+    ])?;
+    if cb.owner == Owner::Fluxcb {
+        c.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
+            .execute(params![cb.tenant.as_str(), ms(now)])?;
+    }
+    let what = if cb.owner == Owner::Fluxcb {
+        "taken over"
+    } else {
+        "refreshed"
+    };
+    imported_event(c, cb, what, now)?;
+    Ok(ImportOutcome::Updated)
+}
+
+fn imported_event(
+    c: &Connection,
+    cb: &Callback,
+    what: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    append_event(
+        c,
+        now,
+        NewEvent {
+            callback_id: &cb.id.to_string(),
+            kind: EventKind::Imported,
+            actor: Some("fluxcb migrate import"),
+            from: None,
+            to: Some(cb.status),
+            detail: serde_json::json!({
+                "legacy_id": cb.legacy_id,
+                "owner": cb.owner.as_str(),
+                "what": what,
+            }),
+        },
+    )
 }

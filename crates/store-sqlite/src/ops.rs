@@ -2,7 +2,7 @@
 //! records and the audit trail read back.
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
-use fluxcb_core::callback::Callback;
+use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{ActionResult, ListFilter};
@@ -75,8 +75,9 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
          content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
          attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
          created_at, updated_at, created_by, wire_format, legacy_id, external_id, url_as_given, \
-         last_status_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-         ?14, ?15, ?16, ?17, ?18, ?19, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+         last_status_code, owner, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?26, ?20, ?21, ?22, ?23, ?24, ?25, ?27, \
+         ?28)",
     )?
     .execute(params![
         row.id,
@@ -104,6 +105,9 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         cb.external_id,
         cb.url_as_given,
         cb.last_status_code,
+        ms(cb.updated_at),
+        cb.owner.as_str(),
+        cb.last_error,
     ])?;
     Ok(())
 }
@@ -177,6 +181,9 @@ pub(crate) fn send_now(
     let Some(cb) = load_in_scope(c, scope, id)? else {
         return Ok(ActionResult::NotFound);
     };
+    if cb.owner == Owner::Legacy {
+        return Ok(ActionResult::OwnedByLegacy);
+    }
     let Ok(to) = Transition::SendNow.apply(cb.status) else {
         return Ok(ActionResult::WrongState(cb.status));
     };
@@ -215,6 +222,9 @@ pub(crate) fn operator_action(
     let Some(cb) = load_in_scope(c, scope, id)? else {
         return Ok(ActionResult::NotFound);
     };
+    if cb.owner == Owner::Legacy {
+        return Ok(ActionResult::OwnedByLegacy);
+    }
     let Ok(to) = transition.apply(cb.status) else {
         return Ok(ActionResult::WrongState(cb.status));
     };

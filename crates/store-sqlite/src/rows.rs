@@ -19,7 +19,7 @@ pub const CALLBACK_COLUMNS: &str = "id, tenant, status, url, method, headers, bo
     content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
     max_attempts_override, timeout_ms, timeout_override, metadata, created_at, updated_at, \
     created_by, last_error, wire_format, legacy_id, external_id, url_as_given, \
-    last_status_code";
+    last_status_code, owner";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -81,6 +81,10 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
         external_id: row.get(23)?,
         url_as_given: row.get(24)?,
         last_status_code: row.get(25)?,
+        owner: row
+            .get::<_, String>(26)?
+            .parse()
+            .map_err(|e: String| text_err(26, e))?,
     })
 }
 

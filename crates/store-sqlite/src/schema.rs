@@ -132,6 +132,8 @@ CREATE TABLE sequences (
 ALTER TABLE callbacks ADD COLUMN external_id TEXT;
 ALTER TABLE callbacks ADD COLUMN url_as_given TEXT;
 ALTER TABLE callbacks ADD COLUMN last_status_code INTEGER;
+-- Which system delivers it during a migration: 'legacy' rows are mirrors, never due here.
+ALTER TABLE callbacks ADD COLUMN owner TEXT NOT NULL DEFAULT 'fluxcb';
 CREATE UNIQUE INDEX callbacks_by_external_id ON callbacks (tenant, external_id)
     WHERE external_id IS NOT NULL;
 -- Page-number listing of legacy rows, newest id first, with or without a status filter.

@@ -5,7 +5,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use fluxcb_core::attempt::Attempt;
-use fluxcb_core::callback::{Callback, CallbackSpec, Method, Payload, WireFormat};
+use fluxcb_core::callback::{Callback, CallbackSpec, Method, Owner, Payload, WireFormat};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::StoreError;
@@ -143,6 +143,9 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     if let Some(code) = cb.last_status_code {
         item.insert("last_status_code".into(), n(code));
     }
+    if cb.owner != Owner::Fluxcb {
+        item.insert("owner".into(), s(cb.owner.as_str()));
+    }
     item.insert("attempts_made".into(), n(cb.attempts_made));
     item.insert("max_attempts".into(), n(cb.max_attempts));
     item.insert("attempt_budget".into(), n(cb.max_attempts));
@@ -268,6 +271,10 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
         external_id: get_s(item, "external_id").map(str::to_owned),
         url_as_given: get_s(item, "url_as_given").map(str::to_owned),
         last_status_code: get_n(item, "last_status_code").and_then(|c| u16::try_from(c).ok()),
+        owner: get_s(item, "owner")
+            .map(|o| o.parse().map_err(|_| bad("owner")))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -377,6 +384,9 @@ fn event_kind(text: &str) -> Option<EventKind> {
         EventKind::Retried,
         EventKind::Redriven,
         EventKind::SentNow,
+        EventKind::Imported,
+        EventKind::Shadowed,
+        EventKind::HandedBack,
     ]
     .into_iter()
     .find(|k| k.as_str() == text)

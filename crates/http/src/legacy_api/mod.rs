@@ -479,6 +479,9 @@ async fn cancel(
             "Only pending callbacks can be cancelled; this one is {}.",
             rules::legacy_status(status)
         ))),
+        ActionResult::OwnedByLegacy => Err(LegacyError::Conflict(
+            "This callback is handled by the legacy service.".into(),
+        )),
     }
 }
 
@@ -514,6 +517,11 @@ async fn send(
     {
         ActionResult::Done(cb) => *cb,
         ActionResult::NotFound => return Err(LegacyError::NotFound),
+        ActionResult::OwnedByLegacy => {
+            return Err(LegacyError::Conflict(
+                "This callback is handled by the legacy service.".into(),
+            ))
+        }
         ActionResult::WrongState(status) => {
             return Err(LegacyError::Conflict(format!(
                 "Callback is {}; only pending or failed callbacks can be sent.",
