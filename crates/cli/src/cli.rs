@@ -59,6 +59,10 @@ pub enum Command {
     /// Manage API keys (opens the store directly).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Move from the legacy services: import their table, compare, hand back (see
+    /// docs/migration.md).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// The AWS backend's resources.
     #[cfg(feature = "aws")]
     #[command(subcommand)]
@@ -164,6 +168,38 @@ pub struct SendArgs {
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum MigrateCommand {
+    /// Copy the legacy table into fluxcb: mirrors that legacy keeps sending, or with
+    /// --take-ownership (after the legacy worker is stopped) callbacks fluxcb delivers; and the
+    /// legacy API tokens, as keys of tenant `legacy`. Idempotent; streams in id order.
+    ///
+    /// Example: fluxcb migrate import --legacy-db postgres://app@db:5432/callbacks --dry-run
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
+        #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
+        legacy_db: String,
+        /// Make fluxcb the owner: unfinished rows become due here. Stop the legacy worker first.
+        #[arg(long)]
+        take_ownership: bool,
+        /// Read and check every row, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per read and per store write.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+        /// Continue after this legacy id (what a stopped import printed).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// human (default) or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]

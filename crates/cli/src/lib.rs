@@ -9,6 +9,7 @@ mod client;
 pub mod config;
 mod local;
 pub mod logging;
+mod migrate;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
             local::serve(config).await
         }
         Keys(cmd) => local::keys(file, cmd).await,
+        Migrate(cmd) => migrate::run(file, cmd).await,
         #[cfg(feature = "aws")]
         Aws(cli::AwsCommand::Bootstrap { prefix }) => {
             let clients = fluxcb_aws::AwsClients::from_env().await;

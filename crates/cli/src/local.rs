@@ -68,7 +68,7 @@ fn data_dir(file: Option<&Path>, store: StoreArgs) -> Result<PathBuf, String> {
     Ok(config.data_dir)
 }
 
-fn open_store(file: Option<&Path>, store: StoreArgs) -> Result<SqliteStore, String> {
+pub(crate) fn open_store(file: Option<&Path>, store: StoreArgs) -> Result<SqliteStore, String> {
     SqliteStore::open(&data_dir(file, store)?).map_err(|e| e.to_string())
 }
 

@@ -16,9 +16,10 @@
 //!
 //! # JSON fidelity
 //! `headers` and `payload` are `jsonb`. They are read as text and parsed here rather than with
-//! `serde_json`'s own number parser, which (without its `float_roundtrip` feature, off in this
-//! workspace) rounds about one in nine 17-digit fractions, such as `14.400704887186233`, to a
-//! neighbouring `f64`. Numbers come out as the legacy sender's Python reads them:
+//! `serde_json`'s own number parser, which without its `float_roundtrip` feature (now on in this
+//! workspace, for the same reason) rounds about one in nine 17-digit fractions, such as
+//! `14.400704887186233`, to a neighbouring `f64`. Numbers come out as the legacy sender's Python
+//! reads them:
 //! - integers within `i64`/`u64` exactly;
 //! - fractions as the correctly rounded `f64` (Python's `float`), so digits beyond `f64`'s
 //!   precision are lost, as they are for the legacy sender;
@@ -31,6 +32,9 @@
 //! Object keys come out sorted (`serde_json`'s map, since `preserve_order` is off), not in
 //! `jsonb` order; fluxcb renders legacy bodies in `jsonb` order itself, so nothing depends on it.
 //! A SQL `NULL` payload is `None`; a JSON `null` is `Some(Value::Null)`.
+
+pub mod convert;
+pub mod import;
 
 use std::collections::BTreeMap;
 use std::future::Future;

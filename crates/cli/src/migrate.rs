@@ -1,0 +1,176 @@
+//! `fluxcb migrate`: the migration commands (the runbook, docs/migration.md, says when to run
+//! each). They open the store directly, like `keys`, so they work while `serve` runs.
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_migrate::import::{import, ImportOptions, ImportReport, Progress, Stores};
+use fluxcb_migrate::LegacyDb;
+
+use crate::cli::{MigrateCommand, StoreArgs};
+use crate::config::{self, Overrides};
+use crate::local::open_store;
+
+pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String> {
+    match cmd {
+        MigrateCommand::Import {
+            legacy_db,
+            take_ownership,
+            dry_run,
+            batch,
+            after,
+            output,
+            store,
+        } => {
+            let defaults = defaults(file, &store)?;
+            let store = open_store(file, store)?;
+            let db = LegacyDb::connect(&legacy_db)
+                .await
+                .map_err(|e| e.to_string())?;
+            let options = ImportOptions {
+                take_ownership,
+                dry_run,
+                batch: batch.clamp(1, 5_000),
+                after,
+                defaults,
+            };
+            let bar = ProgressLine::new();
+            let report = import(
+                &db,
+                Stores {
+                    callbacks: &store,
+                    keys: &store,
+                    secrets: &store,
+                },
+                &options,
+                &mut |p| bar.update(p),
+            )
+            .await;
+            bar.finish();
+            let report = report.map_err(|e| e.to_string())?;
+            print_report(&report, &output)?;
+            if report.skipped.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} row(s) were not imported; see the report",
+                    report.skipped.len()
+                ))
+            }
+        }
+    }
+}
+
+fn defaults(file: Option<&Path>, store: &StoreArgs) -> Result<CallbackDefaults, String> {
+    let settings = config::load(
+        file,
+        Overrides {
+            data_dir: store.data_dir.clone(),
+            ..Overrides::default()
+        },
+    )?
+    .validate()?;
+    Ok(CallbackDefaults {
+        max_attempts: settings.max_attempts,
+        timeout_ms: settings.timeout_ms,
+    })
+}
+
+/// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise
+/// (logs and CI).
+struct ProgressLine {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: std::sync::Mutex<std::time::Instant>,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            last_line: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn update(&self, p: Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.total.max(p.done));
+                bar.set_position(p.done);
+                bar.set_message(format!("last id {}", p.last_id));
+            }
+            None => {
+                let mut last = self.last_line.lock().expect("not poisoned");
+                if last.elapsed() >= Duration::from_secs(5) {
+                    *last = std::time::Instant::now();
+                    eprintln!(
+                        "import: {}/{} rows, last legacy id {}",
+                        p.done, p.total, p.last_id
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_report(report: &ImportReport, output: &str) -> Result<(), String> {
+    match output {
+        "json" => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(report).expect("reports serialise")
+            );
+        }
+        "human" => {
+            let mode = match (report.dry_run, report.take_ownership) {
+                (true, _) => "dry run: nothing written",
+                (false, true) => "fluxcb owns the imported callbacks",
+                (false, false) => "imported as mirrors; legacy keeps sending",
+            };
+            println!("Import finished in {:.1} s ({mode})", report.seconds);
+            println!("  rows read        {}", report.rows_read);
+            println!("  inserted         {}", report.inserted);
+            println!("  updated          {}", report.updated);
+            println!("  unchanged        {}", report.unchanged);
+            println!("  already fluxcb's {}", report.owned_here);
+            println!("  skipped          {}", report.skipped.len());
+            println!(
+                "  tokens           {} imported, {} already present, {} skipped",
+                report.tokens_imported,
+                report.tokens_existing,
+                report.tokens_skipped.len()
+            );
+            println!("  last legacy id   {}", report.last_id);
+            for (id, why) in report.skipped.iter().take(50) {
+                println!("  skipped row {id}: {why}");
+            }
+            if report.skipped.len() > 50 {
+                println!(
+                    "  ... and {} more (use --output json for all)",
+                    report.skipped.len() - 50
+                );
+            }
+            for (user, why) in &report.tokens_skipped {
+                println!("  skipped token of {user}: {why}");
+            }
+        }
+        other => return Err(format!("--output must be human or json, not {other}")),
+    }
+    Ok(())
+}
