@@ -99,6 +99,8 @@ pub struct LegacyListFilter {
     /// legacy status name, which the legacy service answered with an empty page).
     pub statuses: Option<Vec<Status>>,
     pub external_id: Option<String>,
+    /// Only callbacks this side delivers, or only mirrors (`None`: both).
+    pub owner: Option<crate::callback::Owner>,
 }
 
 /// One page of the legacy API's page-number pagination, with the total it counts.

@@ -17,8 +17,8 @@ use fluxcb_core::ports::{
 use fluxcb_core::signing::SigningSecret;
 use serde::Serialize;
 
-use crate::convert::{callback_from_row, legacy_tenant};
 use crate::{LegacyDb, LegacyDbError, LegacyRow};
+use fluxcb_core::legacy::row::{callback_from_row, legacy_tenant};
 
 #[derive(Clone, Debug)]
 pub struct ImportOptions {

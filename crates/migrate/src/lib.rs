@@ -33,7 +33,6 @@
 //! `jsonb` order; fluxcb renders legacy bodies in `jsonb` order itself, so nothing depends on it.
 //! A SQL `NULL` payload is `None`; a JSON `null` is `Some(Value::Null)`.
 
-pub mod convert;
 pub mod import;
 
 use std::collections::BTreeMap;
@@ -102,27 +101,7 @@ impl From<LegacyDbError> for StoreError {
     }
 }
 
-/// One `callme_callback` row as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LegacyRow {
-    pub id: i64,
-    pub url: String,
-    pub method: String,
-    pub headers: Value,
-    /// `None` for SQL `NULL`, `Some(Value::Null)` for a JSON `null`: the legacy sender sends
-    /// `null` for both, but an import should be able to tell them apart.
-    pub payload: Option<Value>,
-    pub external_id: Option<String>,
-    pub callback_time: DateTime<Utc>,
-    pub status: String,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub last_response_code: Option<i32>,
-    pub last_error: String,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+pub use fluxcb_core::legacy::row::LegacyRow;
 
 /// A Django REST Framework API token and the user it authenticates.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -75,6 +75,10 @@ impl SqliteStore {
             conds.push("external_id = ?".into());
             params.push(external_id.clone().into());
         }
+        if let Some(owner) = filter.owner {
+            conds.push("owner = ?".into());
+            params.push(owner.as_str().to_owned().into());
+        }
         let where_sql = conds.join(" AND ");
         let count_sql = format!("SELECT COUNT(*) FROM callbacks WHERE {where_sql}");
         let page_sql = format!(

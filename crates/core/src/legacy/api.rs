@@ -430,7 +430,7 @@ pub fn render_datetime(at: DateTime<Utc>) -> String {
 
 /// A callback as the legacy API shows it (the legacy serializer's fields, in its order).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LegacyRow {
+pub struct RowView {
     pub id: i64,
     pub url: String,
     pub method: &'static str,
@@ -448,7 +448,7 @@ pub struct LegacyRow {
     pub updated_at: String,
 }
 
-impl LegacyRow {
+impl RowView {
     /// `None` for a callback without a legacy id (created through `/v1`).
     pub fn of(cb: &Callback) -> Option<Self> {
         let id = cb.legacy_id?;

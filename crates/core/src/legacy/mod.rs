@@ -14,6 +14,7 @@
 //!   comes back from `jsonb` without exponent and is then read as an integer.
 pub mod api;
 pub mod django_url;
+pub mod row;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;

@@ -21,7 +21,7 @@ use axum::Router;
 use fluxcb_core::auth::ApiKey;
 use fluxcb_core::callback::{Callback, WireFormat};
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::legacy::api::{self as rules, FieldErrors, LegacyCreate, LegacyRow, PAGE_SIZE};
+use fluxcb_core::legacy::api::{self as rules, FieldErrors, LegacyCreate, RowView, PAGE_SIZE};
 use fluxcb_core::ports::{
     ActionResult, Due, IngestBatch, IngestResult, LegacyListFilter, StoreError,
 };
@@ -183,7 +183,7 @@ struct Page {
     count: u64,
     next: Option<String>,
     previous: Option<String>,
-    results: Vec<LegacyRow>,
+    results: Vec<RowView>,
 }
 
 async fn list(
@@ -215,6 +215,7 @@ async fn list(
         external_id: param("external_id")
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
+        owner: None,
     };
     let scope = caller.scope();
     let size = u64::from(PAGE_SIZE);
@@ -237,7 +238,7 @@ async fn list(
         count: listing.count,
         next: (n < pages).then(|| page::link(headers, uri, Some(n + 1))),
         previous: (n > 1).then(|| page::link(headers, uri, (n > 2).then_some(n - 1))),
-        results: listing.items.iter().filter_map(LegacyRow::of).collect(),
+        results: listing.items.iter().filter_map(RowView::of).collect(),
     };
     Ok(json(StatusCode::OK, &body))
 }
@@ -314,7 +315,7 @@ async fn create(
         }
     };
     let callback = accept(state, caller, create).await?;
-    let row = LegacyRow::of(&callback).expect("legacy API callbacks have a legacy id");
+    let row = RowView::of(&callback).expect("legacy API callbacks have a legacy id");
     let due = Due {
         id: callback.id,
         tenant: callback.tenant.clone(),
@@ -441,7 +442,7 @@ async fn find(state: &AppState, scope: &Scope, raw_id: &str) -> Result<Callback,
 }
 
 fn row_response(status: StatusCode, cb: &Callback) -> Result<Response, LegacyError> {
-    LegacyRow::of(cb)
+    RowView::of(cb)
         .map(|row| json(status, &row))
         .ok_or(LegacyError::NotFound)
 }

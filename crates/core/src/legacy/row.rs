@@ -1,4 +1,5 @@
-//! A legacy row as a fluxcb callback: the mapping the import applies, with no I/O.
+//! A row of the legacy table (`callme_callback`), and the callback it becomes: the mapping the
+//! import and the shadow run apply.
 //!
 //! - Status: `pending` → pending (scheduled when its time is ahead), `sending` → delivering for
 //!   a mirror and pending for a row fluxcb takes over (its attempt may or may not have reached
@@ -10,17 +11,38 @@
 //! - Legacy receivers see the same thing: the legacy wire format, the row's integer id.
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use fluxcb_core::callback::{
+use crate::callback::{
     Callback, CallbackDefaults, CallbackSpec, Method, Owner, Payload, WireFormat,
 };
-use fluxcb_core::id::CallbackId;
-use fluxcb_core::status::Status;
-use fluxcb_core::tenant::TenantId;
+use crate::id::CallbackId;
+use crate::status::Status;
+use crate::tenant::TenantId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::LegacyRow;
+/// One `callme_callback` row as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LegacyRow {
+    pub id: i64,
+    pub url: String,
+    pub method: String,
+    pub headers: Value,
+    /// `None` for SQL `NULL`, `Some(Value::Null)` for a JSON `null`: the legacy sender sends
+    /// `null` for both, but an import should be able to tell them apart.
+    pub payload: Option<Value>,
+    pub external_id: Option<String>,
+    pub callback_time: DateTime<Utc>,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_response_code: Option<i32>,
+    pub last_error: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
 
 /// The tenant every legacy row and token belongs to: the legacy service had no tenants, and
 /// every token saw every row.
