@@ -20,6 +20,7 @@ use fluxcb_delivery::maintenance::{self, Retention};
 use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_delivery::send_now::ImmediateDelivery;
 use fluxcb_delivery::sender::{HttpSender, SenderConfig};
+use fluxcb_http::legacy_api::{LegacyUpstream, MigrationControl};
 use fluxcb_http::{ApiLimits, AppParts, AppState};
 use fluxcb_store_sqlite::{DataDirLock, SqliteStore};
 use tokio::net::TcpListener;
@@ -132,6 +133,18 @@ struct LocalEngine {
 pub struct LegacyParts {
     pub table: Option<Arc<dyn LegacyTable>>,
     pub send_now: Option<Arc<dyn SendNow>>,
+    pub upstream: Option<Arc<dyn LegacyUpstream>>,
+}
+
+/// The legacy services as an upstream, when configured (shadow and split mode).
+pub fn legacy_upstream(settings: &Settings) -> Result<Option<Arc<dyn LegacyUpstream>>, StartError> {
+    let (Some(insert), Some(send)) = (&settings.legacy_upstream, &settings.legacy_send_upstream)
+    else {
+        return Ok(None);
+    };
+    let upstream = crate::upstream::HttpUpstream::new(insert.clone(), send.clone())
+        .map_err(StartError::Config)?;
+    Ok(Some(Arc::new(upstream)))
 }
 
 /// Connects to the legacy database when `legacy_database_url` is set.
@@ -173,11 +186,13 @@ pub fn api_state(
         },
         queue,
         metrics,
-        legacy_format: settings.legacy_signing_secret.is_some(),
+        legacy_secret: settings.legacy_signing_secret.clone(),
         key_cache: Default::default(),
         in_flight: Default::default(),
         legacy_table: legacy.table,
         send_now: legacy.send_now,
+        legacy_upstream: legacy.upstream,
+        migration: MigrationControl::new(settings.migration),
     })
 }
 
@@ -205,6 +220,7 @@ impl App {
                 let legacy = LegacyParts {
                     table: legacy_table(settings).await?,
                     send_now: None,
+                    upstream: legacy_upstream(settings)?,
                 };
                 let state = parts.api_state(settings, Some(metrics), legacy);
                 (state, Engine::Aws(engine), generated)
@@ -265,6 +281,7 @@ impl App {
         let legacy = LegacyParts {
             table: legacy_table(settings).await?,
             send_now: Some(Arc::new(send_now)),
+            upstream: legacy_upstream(settings)?,
         };
         let parts = Arc::new(DeliveryParts {
             store: store_arc.clone(),

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use fluxcb_core::migration::{MigrationMode, MigrationState};
 use fluxcb_core::retry::{parse_schedule, RetryPolicy};
 use fluxcb_core::signing::SigningSecret;
 use fluxcb_core::target::parse_allow_list;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 /// Every setting, as written in the config file (keys) or the environment (`FLUXCB_` + key in
 /// upper case). `fluxcb.example.toml` in the repository documents each one.
@@ -31,6 +33,15 @@ pub struct Config {
     /// rows created through the legacy API take ids from its sequence, and `external_id`s
     /// stay unique across both sides.
     pub legacy_database_url: Option<String>,
+    /// Base URL of the legacy insert service (`flux-callme-service`), for shadow and split mode.
+    pub legacy_upstream: Option<String>,
+    /// Base URL of the legacy sending service, for the `send` action; default: legacy_upstream.
+    pub legacy_send_upstream: Option<String>,
+    /// `off`, `shadow` or `split`: the migration switch until it is set at runtime
+    /// (`PUT /v1/admin/migration`), which then wins.
+    pub migration_mode: String,
+    /// 0–100: the share of new legacy-API callbacks fluxcb takes in split mode.
+    pub cutover_percent: u8,
     pub allow_private_targets: String,
     pub retry_schedule: String,
     pub max_attempts: u32,
@@ -66,6 +77,10 @@ impl Default for Config {
             signing_secret: None,
             legacy_signing_secret: None,
             legacy_database_url: None,
+            legacy_upstream: None,
+            legacy_send_upstream: None,
+            migration_mode: "off".into(),
+            cutover_percent: 0,
             allow_private_targets: String::new(),
             retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
             max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
@@ -96,6 +111,10 @@ const ENV_KEYS: &[&str] = &[
     "signing_secret",
     "legacy_signing_secret",
     "legacy_database_url",
+    "legacy_upstream",
+    "legacy_send_upstream",
+    "migration_mode",
+    "cutover_percent",
     "allow_private_targets",
     "retry_schedule",
     "max_attempts",
@@ -165,6 +184,9 @@ pub struct Settings {
     pub signing_secret: Option<SigningSecret>,
     pub legacy_signing_secret: Option<std::sync::Arc<[u8]>>,
     pub legacy_database_url: Option<String>,
+    pub legacy_upstream: Option<Url>,
+    pub legacy_send_upstream: Option<Url>,
+    pub migration: MigrationState,
     pub allow_private_targets: Vec<IpNet>,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
@@ -352,6 +374,45 @@ impl Config {
                     .into(),
             );
         }
+        let upstream = |name: &str, value: &Option<String>, errors: &mut Vec<String>| {
+            let value = value.as_deref().filter(|v| !v.is_empty())?;
+            match Url::parse(value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                _ => {
+                    errors.push(format!(
+                        "{name} (FLUXCB_{}): not an http(s) URL",
+                        name.to_ascii_uppercase()
+                    ));
+                    None
+                }
+            }
+        };
+        let legacy_upstream = upstream("legacy_upstream", &self.legacy_upstream, &mut errors);
+        let legacy_send_upstream = upstream(
+            "legacy_send_upstream",
+            &self.legacy_send_upstream,
+            &mut errors,
+        )
+        .or_else(|| legacy_upstream.clone());
+        let mode = self
+            .migration_mode
+            .parse::<MigrationMode>()
+            .map_err(|e| errors.push(format!("migration_mode (FLUXCB_MIGRATION_MODE): {e}")))
+            .unwrap_or_default();
+        if self.cutover_percent > 100 {
+            errors.push("cutover_percent (FLUXCB_CUTOVER_PERCENT): must be 0 to 100".into());
+        }
+        if mode != MigrationMode::Off && legacy_upstream.is_none() {
+            errors.push(format!(
+                "migration_mode {mode} needs legacy_upstream (FLUXCB_LEGACY_UPSTREAM)"
+            ));
+        }
+        if mode == MigrationMode::Split && legacy_database_url.is_none() {
+            errors.push(
+                "migration_mode split needs legacy_database_url (FLUXCB_LEGACY_DATABASE_URL)"
+                    .into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(format!(
                 "invalid configuration:\n  - {}",
@@ -370,6 +431,13 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
             legacy_database_url,
+            legacy_upstream,
+            legacy_send_upstream,
+            migration: MigrationState {
+                mode,
+                cutover_percent: self.cutover_percent,
+                updated_at: chrono::DateTime::UNIX_EPOCH,
+            },
             allow_private_targets: allow.expect("checked"),
             retry: RetryPolicy {
                 schedule: schedule.expect("checked"),

@@ -10,6 +10,7 @@ pub mod config;
 mod local;
 pub mod logging;
 mod migrate;
+mod upstream;
 
 use std::process::ExitCode;
 

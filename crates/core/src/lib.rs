@@ -13,6 +13,8 @@
 //! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
 //! - [`message`]: versioned queue messages for queue-backed deployments.
 //! - [`metric_names`]: the metrics vocabulary shared by every deployment.
+//! - [`legacy`], [`migration`]: the legacy services' wire format, API rules and table rows, and
+//!   the shadow/split switch used while callers move over.
 //!
 //! Nothing here performs I/O or needs a runtime: adapters live in their own crates.
 
@@ -25,6 +27,7 @@ pub mod id;
 pub mod legacy;
 pub mod message;
 pub mod metric_names;
+pub mod migration;
 pub mod ports;
 pub mod retry;
 pub mod signing;

@@ -261,6 +261,33 @@ pub trait CallbackStore: Send + Sync + 'static {
             "the legacy id sequence is not served by this backend yet".into(),
         ))
     }
+    /// Appends to a callback's audit trail (a shadow run's would-be request, a hand-back).
+    async fn record_event(
+        &self,
+        _id: &CallbackId,
+        _kind: crate::event::EventKind,
+        _actor: &str,
+        _detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "recording events is not served by this backend yet".into(),
+        ))
+    }
+    /// The migration switch as last set at runtime (`PUT /v1/admin/migration`), shared by every
+    /// node; `None` until it is first set.
+    async fn migration_state(
+        &self,
+    ) -> Result<Option<crate::migration::MigrationState>, StoreError> {
+        Ok(None)
+    }
+    async fn set_migration_state(
+        &self,
+        _state: crate::migration::MigrationState,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "changing the migration mode at runtime is not served by this backend yet".into(),
+        ))
+    }
     /// Claims a callback for an immediate attempt whatever its due time (the legacy API's
     /// `send` action): a scheduled or pending one as it is, a failed one with one more attempt
     /// allowed. Records the operator action. `WrongState` when it is delivering or finished.
@@ -360,6 +387,14 @@ pub trait LegacyTable: Send + Sync + 'static {
     async fn next_ids(&self, count: u32) -> Result<Vec<i64>, StoreError>;
     /// Whether a legacy row carries this `external_id`.
     async fn external_id_exists(&self, external_id: &str) -> Result<bool, StoreError>;
+    /// The newest `limit` rows (highest id first) matching the legacy list filters, and how
+    /// many match in all: the legacy side of a merged listing in split mode.
+    async fn newest(
+        &self,
+        statuses: Option<&[&str]>,
+        external_id: Option<&str>,
+        limit: u64,
+    ) -> Result<(u64, Vec<crate::legacy::row::LegacyRow>), StoreError>;
 }
 
 /// Makes one attempt of a callback the caller has claimed, now, and records it (the legacy

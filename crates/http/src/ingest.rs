@@ -208,7 +208,7 @@ async fn ingest(
         .filter(|(_, c)| c.spec.wire_format.includes_legacy())
         .map(|(i, _)| i)
         .collect();
-    if !legacy.is_empty() && !state.legacy_format {
+    if !legacy.is_empty() && state.legacy_secret.is_none() {
         errors.extend(legacy.iter().map(|&i| {
             let e = FieldError::new(
                 "wire_format",

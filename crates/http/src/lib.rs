@@ -13,6 +13,7 @@ mod extract;
 mod health;
 mod ingest;
 pub mod legacy_api;
+mod migration;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -61,15 +62,19 @@ pub struct AppParts {
     /// Renders the metrics registry for `/metrics` (None: no exporter, 404).
     pub metrics: Option<MetricsRender>,
     pub key_cache: auth::KeyCache,
-    /// Whether the legacy signing secret is configured, so that callbacks may use the legacy
-    /// wire format.
-    pub legacy_format: bool,
+    /// The legacy shared secret, when configured: callbacks may then use the legacy wire
+    /// format, and shadow runs record the legacy-signed request fluxcb would have sent.
+    pub legacy_secret: Option<Arc<[u8]>>,
     pub in_flight: InFlightKeys,
     /// The legacy table, while the legacy database is configured: ids and `external_id`
     /// uniqueness for rows created through the legacy API.
     pub legacy_table: Option<Arc<dyn LegacyTable>>,
     /// Makes the legacy API's synchronous `send` attempts (None: `send` answers 501).
     pub send_now: Option<Arc<dyn SendNow>>,
+    /// The legacy services, for shadow and split mode (None: only `off` is possible).
+    pub legacy_upstream: Option<Arc<dyn legacy_api::LegacyUpstream>>,
+    /// The migration switch as this node sees it.
+    pub migration: legacy_api::MigrationControl,
 }
 
 impl std::ops::Deref for AppState {
@@ -99,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::router(&state.limits))
         .merge(callbacks::router())
         .merge(admin::router())
+        .merge(migration::router())
         .merge(openapi::router())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.body_bytes,

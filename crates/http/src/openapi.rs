@@ -25,6 +25,8 @@ use crate::AppState;
         crate::admin::revoke_key,
         crate::admin::list_secrets,
         crate::admin::rotate_secret,
+        crate::migration::show,
+        crate::migration::set,
         crate::health::healthz,
         crate::health::readyz,
         crate::health::metrics_text,

@@ -352,6 +352,43 @@ impl LegacyTable for LegacyDb {
             .await?;
         Ok(row.get(0))
     }
+
+    async fn newest(
+        &self,
+        statuses: Option<&[&str]>,
+        external_id: Option<&str>,
+        limit: u64,
+    ) -> Result<(u64, Vec<LegacyRow>), StoreError> {
+        let statuses: Option<Vec<String>> =
+            statuses.map(|s| s.iter().map(|x| (*x).to_owned()).collect());
+        let external_id = external_id.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // NULL parameters switch a filter off, so one statement serves every combination.
+        let filter =
+            "($1::text[] IS NULL OR status = ANY($1)) AND ($2::text IS NULL OR external_id = $2)";
+        let count_sql = format!("SELECT count(*) FROM callme_callback WHERE {filter}");
+        let rows_sql = format!(
+            "SELECT {ROW_COLUMNS} FROM callme_callback WHERE {filter} ORDER BY id DESC LIMIT $3"
+        );
+        let (statuses, external_id) = (&statuses, &external_id);
+        let count = self
+            .run(|c| {
+                let sql = &count_sql;
+                async move { c.query_one(sql.as_str(), &[statuses, external_id]).await }
+            })
+            .await?;
+        let rows = self
+            .run(|c| {
+                let sql = &rows_sql;
+                async move {
+                    c.query(sql.as_str(), &[statuses, external_id, &limit])
+                        .await
+                }
+            })
+            .await?;
+        let rows = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        Ok((count.get::<_, i64>(0).max(0) as u64, rows))
+    }
 }
 
 async fn open(config: &Config, target: &str) -> Result<Client, LegacyDbError> {

@@ -7,6 +7,7 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::Callback;
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::migration::MigrationState;
 use fluxcb_core::ports::{
     ActionResult, CallbackDetail, CallbackPage, CallbackStore, ImportOutcome, IngestBatch,
     IngestResult, LegacyListFilter, LegacyPage, ListFilter, PageRequest, PolledStore, StoreError,
@@ -298,8 +299,10 @@ impl CallbackStore for SqliteStore {
                 let at = Utc::now();
                 let ids = c
                     .prepare_cached(
+                        // A callback handed back to legacy mid-attempt stays off the queue.
                         "UPDATE callbacks SET status = 'pending', lease_until = NULL, \
-                         next_attempt_at = ?2, updated_at = ?2 \
+                         next_attempt_at = CASE WHEN owner = 'legacy' THEN NULL ELSE ?2 END, \
+                         updated_at = ?2 \
                          WHERE status = 'delivering' AND lease_until < ?1 RETURNING id",
                     )
                     .and_then(|mut s| {
@@ -434,6 +437,24 @@ impl CallbackStore for SqliteStore {
 
     async fn advance_legacy_ids_past(&self, id: i64) -> Result<(), StoreError> {
         self.legacy_advance_ids_past(id).await
+    }
+
+    async fn record_event(
+        &self,
+        id: &CallbackId,
+        kind: EventKind,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.legacy_record_event(id, kind, actor, detail).await
+    }
+
+    async fn migration_state(&self) -> Result<Option<MigrationState>, StoreError> {
+        self.read_migration_state().await
+    }
+
+    async fn set_migration_state(&self, state: MigrationState) -> Result<(), StoreError> {
+        self.write_migration_state(state).await
     }
 
     async fn claim_now(

@@ -5,6 +5,7 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::migration::MigrationState;
 use fluxcb_core::ports::{
     ActionResult, CallbackDetail, ImportOutcome, LegacyListFilter, LegacyPage, StoreError,
 };
@@ -156,6 +157,64 @@ impl SqliteStore {
                      ON CONFLICT (name) DO UPDATE SET next = MAX(next, ?1 + 1)",
                 )
                 .and_then(|mut s| s.execute([id]))
+                .map(|_| ())
+                .map_err(sql)
+            })
+            .await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn legacy_record_event(
+        &self,
+        id: &CallbackId,
+        kind: EventKind,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_owned());
+        self.writer()
+            .write(Durability::Relaxed, move |c| {
+                append_event(
+                    c,
+                    Utc::now(),
+                    NewEvent {
+                        callback_id: &id,
+                        kind,
+                        actor: Some(&actor),
+                        from: None,
+                        to: None,
+                        detail: detail.clone(),
+                    },
+                )
+                .map_err(sql)
+            })
+            .await
+    }
+
+    pub(crate) async fn read_migration_state(&self) -> Result<Option<MigrationState>, StoreError> {
+        self.read(|c| {
+            let value: Option<String> = c
+                .prepare_cached("SELECT value FROM settings WHERE name = 'migration'")?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+        })
+        .await
+    }
+
+    pub(crate) async fn write_migration_state(
+        &self,
+        state: MigrationState,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_string(&state).expect("the state serialises");
+        self.writer()
+            .write(Durability::Full, move |c| {
+                c.prepare_cached(
+                    "INSERT INTO settings (name, value, updated_at) VALUES ('migration', ?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = ?1, updated_at = ?2",
+                )
+                .and_then(|mut s| s.execute(params![value, ms(state.updated_at)]))
                 .map(|_| ())
                 .map_err(sql)
             })

@@ -291,7 +291,8 @@ pub(crate) fn record_attempt(
     let changed = c
         .prepare_cached(
             "UPDATE callbacks SET status = ?2, attempts_made = MAX(attempts_made, ?3), \
-             next_attempt_at = ?4, lease_until = NULL, last_error = COALESCE(?5, last_error), \
+             next_attempt_at = CASE WHEN owner = 'legacy' THEN NULL ELSE ?4 END, \
+             lease_until = NULL, last_error = COALESCE(?5, last_error), \
              updated_at = ?6, last_status_code = ?7 \
              WHERE id = ?1 AND status = 'delivering'",
         )?

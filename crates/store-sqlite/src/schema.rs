@@ -141,6 +141,12 @@ CREATE INDEX callbacks_by_tenant_legacy_id ON callbacks (tenant, legacy_id)
     WHERE legacy_id IS NOT NULL;
 CREATE INDEX callbacks_by_tenant_status_legacy_id ON callbacks (tenant, status, legacy_id)
     WHERE legacy_id IS NOT NULL;
+-- Settings changed at runtime and shared by every process (the migration switch).
+CREATE TABLE settings (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 

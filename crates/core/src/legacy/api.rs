@@ -433,12 +433,12 @@ pub fn render_datetime(at: DateTime<Utc>) -> String {
 pub struct RowView {
     pub id: i64,
     pub url: String,
-    pub method: &'static str,
+    pub method: String,
     pub headers: BTreeMap<String, String>,
     pub payload: Value,
     pub external_id: Option<String>,
     pub callback_time: String,
-    pub status: &'static str,
+    pub status: String,
     pub attempts: u32,
     pub max_attempts: u32,
     pub last_response_code: Option<u16>,
@@ -473,12 +473,12 @@ impl RowView {
                 .url_as_given
                 .clone()
                 .unwrap_or_else(|| cb.spec.url.to_string()),
-            method: cb.spec.method.as_str(),
+            method: cb.spec.method.as_str().to_owned(),
             headers: cb.spec.headers.clone(),
             payload,
             external_id: cb.external_id.clone(),
             callback_time: render_datetime(callback_time),
-            status: legacy_status(cb.status),
+            status: legacy_status(cb.status).to_owned(),
             attempts: cb.attempts_made,
             max_attempts: cb.max_attempts,
             last_response_code: cb.last_status_code,
@@ -487,6 +487,36 @@ impl RowView {
             created_at: render_datetime(cb.created_at),
             updated_at: render_datetime(cb.updated_at),
         })
+    }
+}
+
+impl RowView {
+    /// A row of the legacy table as the legacy API showed it.
+    pub fn of_legacy_row(row: &crate::legacy::row::LegacyRow) -> Self {
+        let headers = match &row.headers {
+            Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Self {
+            id: row.id,
+            url: row.url.clone(),
+            method: row.method.clone(),
+            headers,
+            payload: row.payload.clone().unwrap_or(Value::Null),
+            external_id: row.external_id.clone(),
+            callback_time: render_datetime(row.callback_time),
+            status: row.status.clone(),
+            attempts: u32::try_from(row.attempts).unwrap_or(0),
+            max_attempts: u32::try_from(row.max_attempts).unwrap_or(0),
+            last_response_code: row.last_response_code.and_then(|c| u16::try_from(c).ok()),
+            last_error: row.last_error.clone(),
+            sent_at: row.sent_at.map(render_datetime),
+            created_at: render_datetime(row.created_at),
+            updated_at: render_datetime(row.updated_at),
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum LegacyError {
     Unavailable { detail: String, retry_after: u32 },
     #[error("{0}")]
     Unsupported(String),
+    /// The legacy service answered with something unusable (502).
+    #[error("The legacy service gave an invalid answer.")]
+    BadGateway(String),
     #[error("A server error occurred.")]
     Internal(String),
 }
@@ -83,6 +86,10 @@ impl IntoResponse for LegacyError {
             LegacyError::Conflict(_) => StatusCode::CONFLICT,
             LegacyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             LegacyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            LegacyError::BadGateway(cause) => {
+                tracing::warn!(cause = %cause, "legacy service: bad answer");
+                StatusCode::BAD_GATEWAY
+            }
             LegacyError::Internal(cause) => {
                 tracing::error!(cause = %cause, "legacy API request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

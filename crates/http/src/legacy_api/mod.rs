@@ -7,10 +7,13 @@
 //! Rows created here take their integer ids from the legacy table's sequence while the legacy
 //! database is configured ([`fluxcb_core::ports::LegacyTable`]), else from the store's own, and
 //! an `external_id` must be unused on both sides.
+mod control;
 mod error;
+mod local;
+mod merged;
 mod page;
-
-use std::time::Duration;
+mod remote;
+mod upstream;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,27 +22,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use fluxcb_core::auth::ApiKey;
-use fluxcb_core::callback::{Callback, WireFormat};
-use fluxcb_core::id::CallbackId;
-use fluxcb_core::legacy::api::{self as rules, FieldErrors, LegacyCreate, RowView, PAGE_SIZE};
-use fluxcb_core::ports::{
-    ActionResult, Due, IngestBatch, IngestResult, LegacyListFilter, StoreError,
-};
+use fluxcb_core::callback::Owner;
+use fluxcb_core::legacy::api::{self as rules, FieldErrors};
+use fluxcb_core::legacy::row::legacy_tenant;
+use fluxcb_core::migration::MigrationMode;
 use fluxcb_core::tenant::Scope;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use control::{MigrationControl, REFRESH as MIGRATION_REFRESH};
 pub use error::LegacyError;
+pub use upstream::{Forward, Forwarded, LegacyUpstream, Service, UpstreamError};
 
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::AppState;
+use remote::Record;
 
 /// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest body the legacy service read.
 pub const BODY_LIMIT: usize = 2_621_440;
-/// The synchronous `send` answers within this, under API Gateway's 30-second limit; an attempt
-/// still running then finishes in the background and the answer shows it as `sending`.
-const SEND_WAIT: Duration = Duration::from_secs(25);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -161,6 +162,16 @@ async fn no_route() -> LegacyError {
     LegacyError::NoRoute
 }
 
+/// What decides which side takes a new callback in split mode: the caller's `external_id`, so
+/// that a retried insert lands on the same side; else the request itself.
+fn routing_key(body: &[u8]) -> Vec<u8> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("external_id")?.as_str().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| body.to_vec(), String::into_bytes)
+}
+
 async fn collection(
     State(state): State<AppState>,
     method: Method,
@@ -168,381 +179,167 @@ async fn collection(
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, LegacyError> {
+    let switch = state.migration.current(state.callbacks.as_ref()).await;
+    let record = if method == Method::POST {
+        Record::Created
+    } else {
+        Record::Nothing
+    };
+    match switch.mode {
+        MigrationMode::Shadow => {
+            return remote::forward(
+                &state,
+                Service::Insert,
+                method,
+                &uri,
+                &headers,
+                body,
+                record,
+            )
+            .await
+        }
+        MigrationMode::Split
+            if method == Method::POST && !switch.fluxcb_owns(&routing_key(&body)) =>
+        {
+            // An external_id stays unique across both sides: one fluxcb took before the
+            // percentage changed is refused here, as legacy would refuse its own.
+            let input = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            if let Some(ext) = input.get("external_id").and_then(Value::as_str) {
+                if state
+                    .callbacks
+                    .external_id_exists(&legacy_tenant(), ext.trim())
+                    .await?
+                {
+                    let mut errors = FieldErrors::new();
+                    rules::add_external_id_taken(&mut errors);
+                    return Err(LegacyError::Validation(errors));
+                }
+            }
+            return remote::forward(
+                &state,
+                Service::Insert,
+                method,
+                &uri,
+                &headers,
+                body,
+                record,
+            )
+            .await;
+        }
+        _ => {}
+    }
     let caller = authenticate_token(&state, &headers).await?;
     if is_read(&method) {
-        list(&state, &caller, &headers, &uri).await
+        if switch.mode == MigrationMode::Split {
+            merged::list(&state, &caller, &headers, &uri).await
+        } else {
+            local::list(&state, &caller, &headers, &uri).await
+        }
     } else if method == Method::POST {
-        create(&state, &caller, &headers, &body).await
+        local::create(&state, &caller, &headers, &body).await
     } else {
         Err(not_allowed(&method))
     }
 }
 
-#[derive(Serialize)]
-struct Page {
-    count: u64,
-    next: Option<String>,
-    previous: Option<String>,
-    results: Vec<RowView>,
-}
-
-async fn list(
-    state: &AppState,
-    caller: &ApiKey,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Response, LegacyError> {
-    let query: Vec<(String, String)> = uri
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
-    // Django's QueryDict.get: the last value of a repeated parameter.
-    let param = |name: &str| {
-        query
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let filter = LegacyListFilter {
-        statuses: param("status")
-            .filter(|s| !s.is_empty())
-            .map(rules::engine_statuses),
-        external_id: param("external_id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned),
-        owner: None,
-    };
-    let scope = caller.scope();
-    let size = u64::from(PAGE_SIZE);
-    // The count decides which pages exist; a page past the end is an error, as in DRF.
-    let first = state
-        .callbacks
-        .list_legacy(&scope, &filter, 0, PAGE_SIZE)
-        .await?;
-    let pages = page::pages(first.count, size);
-    let n = page::page_number(param("page"), pages)?;
-    let listing = if n == 1 {
-        first
-    } else {
-        state
-            .callbacks
-            .list_legacy(&scope, &filter, (n - 1) * size, PAGE_SIZE)
-            .await?
-    };
-    let body = Page {
-        count: listing.count,
-        next: (n < pages).then(|| page::link(headers, uri, Some(n + 1))),
-        previous: (n > 1).then(|| page::link(headers, uri, (n > 2).then_some(n - 1))),
-        results: listing.items.iter().filter_map(RowView::of).collect(),
-    };
-    Ok(json(StatusCode::OK, &body))
-}
-
-/// What DRF's parsers make of the body: JSON, a form, or nothing (no content type).
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, LegacyError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if media.is_empty() || body.is_empty() {
-        return Ok(Value::Object(Default::default()));
-    }
-    match media.as_str() {
-        "application/json" => serde_json::from_slice(body)
-            .map_err(|e| LegacyError::ParseError(format!("JSON parse error - {e}"))),
-        "application/x-www-form-urlencoded" => {
-            // Form values are strings; DRF's JSONField reads its form value as JSON text.
-            let mut object = serde_json::Map::new();
-            for (k, v) in url::form_urlencoded::parse(body) {
-                let value = if k == "headers" || k == "payload" {
-                    serde_json::from_str(&v).unwrap_or(Value::String(v.into_owned()))
-                } else {
-                    Value::String(v.into_owned())
-                };
-                object.insert(k.into_owned(), value);
-            }
-            Ok(Value::Object(object))
+/// In shadow mode legacy answers for every id; in split mode, for the ids fluxcb does not own.
+async fn legacy_owns(state: &AppState, raw_id: &str) -> Result<bool, LegacyError> {
+    let switch = state.migration.current(state.callbacks.as_ref()).await;
+    match switch.mode {
+        MigrationMode::Off => Ok(false),
+        MigrationMode::Shadow => Ok(true),
+        MigrationMode::Split => {
+            let id = raw_id
+                .split('.')
+                .next()
+                .and_then(|i| i.trim().parse::<i64>().ok());
+            let Some(id) = id else { return Ok(false) };
+            let here = state.callbacks.get_by_legacy_id(&Scope::All, id).await?;
+            Ok(here.is_none_or(|d| d.callback.owner == Owner::Legacy))
         }
-        _ => Err(LegacyError::UnsupportedMediaType(format!(
-            "Unsupported media type \"{content_type}\" in request."
-        ))),
     }
-}
-
-async fn create(
-    state: &AppState,
-    caller: &ApiKey,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, LegacyError> {
-    let input = parse_body(headers, body)?;
-    let validated = rules::validate_create(&input);
-    // DRF runs the uniqueness check with the other field checks and reports them together.
-    let external_id = match &validated {
-        Ok(ok) => ok.external_id.clone(),
-        Err(_) => input
-            .get("external_id")
-            .and_then(Value::as_str)
-            .map(|s| s.trim().to_owned()),
-    };
-    let taken = match &external_id {
-        Some(ext) => external_id_taken(state, caller, ext).await?,
-        None => false,
-    };
-    let create = match (validated, taken) {
-        (Ok(create), false) => create,
-        (Ok(_), true) => {
-            let mut errors = FieldErrors::new();
-            rules::add_external_id_taken(&mut errors);
-            return Err(LegacyError::Validation(errors));
-        }
-        (Err(mut errors), taken) => {
-            if taken && !errors.iter().any(|(f, _)| f == "external_id") {
-                rules::add_external_id_taken(&mut errors);
-            }
-            return Err(LegacyError::Validation(errors));
-        }
-    };
-    let callback = accept(state, caller, create).await?;
-    let row = RowView::of(&callback).expect("legacy API callbacks have a legacy id");
-    let due = Due {
-        id: callback.id,
-        tenant: callback.tenant.clone(),
-        at: callback.next_attempt_at.unwrap_or(callback.created_at),
-    };
-    let result = state
-        .callbacks
-        .ingest(IngestBatch {
-            tenant: callback.tenant.clone(),
-            callbacks: vec![callback],
-            idempotency: None,
-        })
-        .await;
-    match result {
-        Ok(IngestResult::Accepted) => {}
-        Ok(other) => {
-            return Err(LegacyError::Internal(format!(
-                "unexpected ingest result {other:?}"
-            )))
-        }
-        // The unique index caught a concurrent insert of the same external_id.
-        Err(StoreError::Conflict(_)) => {
-            let mut errors = FieldErrors::new();
-            rules::add_external_id_taken(&mut errors);
-            return Err(LegacyError::Validation(errors));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    metrics::counter!(fluxcb_core::metric_names::ACCEPTED).increment(1);
-    state.notify_queue(&[due]).await;
-    let mut response = json(StatusCode::CREATED, &row);
-    // DRF's CreateModelMixin sends the `url` field as Location (the callback's own URL).
-    if let Ok(v) = HeaderValue::from_str(&row.url) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(response)
-}
-
-async fn external_id_taken(
-    state: &AppState,
-    caller: &ApiKey,
-    external_id: &str,
-) -> Result<bool, LegacyError> {
-    if state
-        .callbacks
-        .external_id_exists(&caller.tenant, external_id)
-        .await?
-    {
-        return Ok(true);
-    }
-    match &state.legacy_table {
-        Some(table) => Ok(table.external_id_exists(external_id).await?),
-        None => Ok(false),
-    }
-}
-
-/// Builds the stored callback: an integer id from the legacy sequence (or ours), the legacy
-/// wire format when the legacy secret is configured.
-async fn accept(
-    state: &AppState,
-    caller: &ApiKey,
-    create: LegacyCreate,
-) -> Result<Callback, LegacyError> {
-    // Stores keep milliseconds; the answer must show what a later read will.
-    let now = chrono::SubsecRound::trunc_subsecs(state.clock.now(), 3);
-    let mut spec = create.spec();
-    if !state.legacy_format {
-        // Without the legacy secret there is nothing to sign the legacy way with; receivers
-        // get Standard Webhooks headers (the runbook has the secret set before cutover).
-        spec.wire_format = WireFormat::StandardWebhooks;
-    }
-    let legacy_id = match &state.legacy_table {
-        Some(table) => table
-            .next_ids(1)
-            .await?
-            .first()
-            .copied()
-            .ok_or_else(|| LegacyError::Internal("the legacy sequence gave no id".into()))?,
-        None => state.callbacks.allocate_legacy_ids(1).await?,
-    };
-    let mut callback = Callback::accept(
-        CallbackId::generate(),
-        caller.tenant.clone(),
-        spec,
-        &state.defaults,
-        caller.name.clone(),
-        now,
-    );
-    callback.legacy_id = Some(legacy_id);
-    callback.external_id = create.external_id;
-    if callback.spec.url.as_str() != create.url_as_given {
-        callback.url_as_given = Some(create.url_as_given);
-    }
-    Ok(callback)
-}
-
-/// DRF's format suffixes (`/api/callbacks/7.json/`): `json` is the one renderer the service
-/// had; any other suffix is a 404 from content negotiation.
-fn without_format_suffix(id: &str) -> Result<&str, LegacyError> {
-    match id.split_once('.') {
-        None => Ok(id),
-        Some((id, "json")) if !id.is_empty() => Ok(id),
-        Some(_) => Err(LegacyError::BadLookup),
-    }
-}
-
-/// The `id` path segment as Django's integer lookup reads it; `None` when no row can match.
-fn legacy_id(raw: &str) -> Option<i64> {
-    raw.trim()
-        .strip_prefix('+')
-        .unwrap_or(raw.trim())
-        .parse()
-        .ok()
-}
-
-async fn find(state: &AppState, scope: &Scope, raw_id: &str) -> Result<Callback, LegacyError> {
-    let id = legacy_id(raw_id).ok_or(LegacyError::BadLookup)?;
-    state
-        .callbacks
-        .get_by_legacy_id(scope, id)
-        .await?
-        .map(|d| d.callback)
-        .ok_or(LegacyError::NotFound)
-}
-
-fn row_response(status: StatusCode, cb: &Callback) -> Result<Response, LegacyError> {
-    RowView::of(cb)
-        .map(|row| json(status, &row))
-        .ok_or(LegacyError::NotFound)
 }
 
 async fn item(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
 ) -> Result<Response, LegacyError> {
+    if legacy_owns(&state, &id).await? {
+        return remote::forward(
+            &state,
+            Service::Insert,
+            method,
+            &uri,
+            &headers,
+            Bytes::new(),
+            Record::Nothing,
+        )
+        .await;
+    }
     let caller = authenticate_token(&state, &headers).await?;
     if !is_read(&method) {
         return Err(not_allowed(&method));
     }
-    let cb = find(&state, &caller.scope(), without_format_suffix(&id)?).await?;
-    row_response(StatusCode::OK, &cb)
+    local::show(&state, &caller, &id).await
 }
 
 async fn cancel(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, LegacyError> {
+    if legacy_owns(&state, &id).await? {
+        return remote::forward(
+            &state,
+            Service::Insert,
+            method,
+            &uri,
+            &headers,
+            body,
+            Record::Changed,
+        )
+        .await;
+    }
     let caller = authenticate_token(&state, &headers).await?;
     if method != Method::POST {
         return Err(not_allowed(&method));
     }
-    let scope = caller.scope();
-    let cb = find(&state, &scope, without_format_suffix(&id)?).await?;
-    match state.callbacks.cancel(&scope, &cb.id, &caller.name).await? {
-        ActionResult::Done(cb) => row_response(StatusCode::OK, &cb),
-        ActionResult::NotFound => Err(LegacyError::NotFound),
-        ActionResult::WrongState(status) => Err(LegacyError::Conflict(format!(
-            "Only pending callbacks can be cancelled; this one is {}.",
-            rules::legacy_status(status)
-        ))),
-        ActionResult::OwnedByLegacy => Err(LegacyError::Conflict(
-            "This callback is handled by the legacy service.".into(),
-        )),
-    }
+    local::cancel(&state, &caller, &id).await
 }
 
-/// `flux-callback-service`'s send-now: one attempt right away, answered with the row after it.
 async fn send(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, LegacyError> {
     // Django's `<int:pk>` converter: digits only, or no route.
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(LegacyError::NoRoute);
     }
+    if legacy_owns(&state, &id).await? {
+        return remote::forward(
+            &state,
+            Service::Send,
+            method,
+            &uri,
+            &headers,
+            body,
+            Record::Changed,
+        )
+        .await;
+    }
     let caller = authenticate_token(&state, &headers).await?;
     if method != Method::POST {
         return Err(not_allowed(&method));
     }
-    let Some(sender) = state.send_now.clone() else {
-        return Err(LegacyError::Unsupported(
-            "sending now is not available in this deployment".into(),
-        ));
-    };
-    let scope = caller.scope();
-    let current = find(&state, &scope, &id).await?;
-    let now = state.clock.now();
-    let lease = chrono::Duration::milliseconds(i64::from(current.timeout_ms))
-        + chrono::Duration::seconds(30);
-    let claimed = match state
-        .callbacks
-        .claim_now(&scope, &current.id, &caller.name, now, now + lease)
-        .await?
-    {
-        ActionResult::Done(cb) => *cb,
-        ActionResult::NotFound => return Err(LegacyError::NotFound),
-        ActionResult::OwnedByLegacy => {
-            return Err(LegacyError::Conflict(
-                "This callback is handled by the legacy service.".into(),
-            ))
-        }
-        ActionResult::WrongState(status) => {
-            return Err(LegacyError::Conflict(format!(
-                "Callback is {}; only pending or failed callbacks can be sent.",
-                rules::legacy_status(status)
-            )))
-        }
-    };
-    let attempt = tokio::spawn(async move { sender.send_claimed(&claimed).await });
-    match tokio::time::timeout(SEND_WAIT, attempt).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(Err(join)) => return Err(LegacyError::Internal(format!("send task failed: {join}"))),
-        Err(_) => {
-            tracing::warn!(callback_id = %current.id, "send-now attempt still running; answering with the row as it is")
-        }
-    }
-    let after = state
-        .callbacks
-        .get(&scope, &current.id)
-        .await?
-        .ok_or(LegacyError::NotFound)?;
-    row_response(StatusCode::OK, &after.callback)
+    local::send_now(&state, &caller, &id).await
 }

@@ -1,8 +1,51 @@
 //! DRF's `PageNumberPagination` links: absolute URLs built from the request, with the other
 //! query parameters kept and sorted as Django's `replace_query_param` leaves them.
 use axum::http::{HeaderMap, Uri};
+use fluxcb_core::legacy::api::engine_statuses;
+use fluxcb_core::ports::LegacyListFilter;
 
 use super::error::LegacyError;
+
+/// The list parameters, read as Django's `QueryDict.get` reads them (the last of repeated
+/// values); an empty filter value is no filter.
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub external_id: Option<String>,
+    pub page: Option<String>,
+}
+
+impl ListQuery {
+    pub fn of(uri: &Uri) -> Self {
+        let pairs: Vec<(String, String)> = uri
+            .query()
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let last = |name: &str| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        Self {
+            status: last("status").filter(|s| !s.is_empty()),
+            external_id: last("external_id").filter(|s| !s.is_empty()),
+            page: last("page"),
+        }
+    }
+
+    pub fn filter(&self) -> LegacyListFilter {
+        LegacyListFilter {
+            statuses: self.status.as_deref().map(engine_statuses),
+            external_id: self.external_id.clone(),
+            owner: None,
+        }
+    }
+}
 
 /// The page a `?page=` value asks for, given how many pages there are (DRF: a number, or
 /// `last`; anything else, or a page past the end, is "Invalid page.").
