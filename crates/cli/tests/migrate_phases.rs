@@ -1,0 +1,291 @@
+//! The migration phases against the real legacy pair on PostgreSQL: a shadow run (legacy sends
+//! everything, fluxcb records mirrors and the requests it would have sent), a split at 0, 30 and
+//! 100 percent (each callback delivered exactly once, by the side that owns it), and the legacy
+//! service down (callers get a DRF-style 503, nothing half-recorded).
+mod common;
+#[path = "common/legacy.rs"]
+mod legacy;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{fluxcb_command, spawn_app_with, TestApp, TestReceiver};
+use fluxcb_core::migration::bucket;
+use legacy::LegacyPair;
+use serde_json::{json, Value};
+
+const SECRET: &str = "phases-secret";
+
+async fn start_pair() -> Option<LegacyPair> {
+    tokio::task::spawn_blocking(|| {
+        LegacyPair::options()
+            .signing_secret(SECRET)
+            .retry_step_seconds(1)
+            .start()
+    })
+    .await
+    .unwrap()
+}
+
+async fn fluxcb_in_front(pair: &LegacyPair, mode: &str) -> TestApp {
+    let (insert, send, db) = (
+        pair.callme_url(),
+        pair.callback_url(),
+        pair.database_url().to_owned(),
+    );
+    let mode = mode.to_owned();
+    spawn_app_with(move |c| {
+        c.legacy_signing_secret = Some(SECRET.into());
+        c.legacy_upstream = Some(insert);
+        c.legacy_send_upstream = Some(send);
+        c.legacy_database_url = Some(db);
+        c.migration_mode = mode;
+    })
+    .await
+}
+
+async fn post(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .http
+        .post(app.url("/api/callbacks/"))
+        .header("authorization", format!("Token {token}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .get(app.url(path))
+        .header("authorization", format!("Token {token}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn set_switch(app: &TestApp, mode: &str, percent: u8) {
+    let r = app
+        .http
+        .put(app.url("/v1/admin/migration"))
+        .bearer_auth(&app.key)
+        .json(&json!({"mode": mode, "cutover_percent": percent}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// Who delivered each request the receiver saw: legacy's worker (python-requests) or fluxcb.
+fn senders(receiver: &TestReceiver, prefix: &str) -> BTreeMap<String, Vec<&'static str>> {
+    let mut by_path: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for r in receiver.received() {
+        if !r.path.starts_with(prefix) {
+            continue;
+        }
+        let who = if r
+            .header("user-agent")
+            .is_some_and(|u| u.starts_with("fluxcb"))
+        {
+            "fluxcb"
+        } else {
+            "legacy"
+        };
+        by_path.entry(r.path.clone()).or_default().push(who);
+    }
+    by_path
+}
+
+async fn wait_for_paths(receiver: &TestReceiver, prefix: &str, count: usize) {
+    for _ in 0..200 {
+        if senders(receiver, prefix).len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_then_split_at_0_30_100() {
+    let Some(pair) = start_pair().await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    let app = fluxcb_in_front(&pair, "shadow").await;
+    let token = pair.token().to_owned();
+
+    // Shadow: callers talk to fluxcb; legacy answers, stores and sends everything.
+    for i in 0..20 {
+        let (status, row) = post(
+            &app,
+            &token,
+            json!({"url": receiver.url(&format!("/ok/shadow-{i}")), "external_id": format!("s-{i}"), "payload": {"i": i}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{row}");
+    }
+    let (status, page) = get(&app, &token, "/api/callbacks/?status=pending").await;
+    assert_eq!(status, 200);
+    assert!(page["count"].as_u64().is_some());
+    wait_for_paths(&receiver, "/ok/shadow-", 20).await;
+    let shadow = senders(&receiver, "/ok/shadow-");
+    assert_eq!(shadow.len(), 20);
+    assert!(
+        shadow
+            .values()
+            .all(|who| who.iter().all(|w| *w == "legacy")),
+        "fluxcb sent nothing in shadow mode: {shadow:?}"
+    );
+    // fluxcb kept a mirror of each, with the request it would have sent.
+    let mirrors: Value = app
+        .http
+        .get(app.url("/v1/callbacks?tenant=legacy&limit=100"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mirrors = mirrors["data"].as_array().expect("a list").clone();
+    assert_eq!(mirrors.len(), 20, "{mirrors:?}");
+    let first = mirrors[0]["id"].as_str().unwrap();
+    let events: Value = app
+        .http
+        .get(app.url(&format!("/v1/callbacks/{first}/events")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shadowed = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "shadowed")
+        .expect("a shadowed event")
+        .clone();
+    let headers = shadowed["detail"]["headers"].as_array().unwrap();
+    assert!(
+        headers.iter().any(|h| h[0] == "X-Flux-Signature"),
+        "{shadowed}"
+    );
+
+    // Split: the legacy tokens must work on fluxcb's side too.
+    let out = fluxcb_command(app.data_dir.path())
+        .args(["migrate", "import", "--legacy-db", pair.database_url()])
+        .arg("--data-dir")
+        .arg(app.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut expected: BTreeMap<String, &'static str> = BTreeMap::new();
+    for (percent, n) in [(0u8, 20), (30, 60), (100, 20)] {
+        set_switch(&app, "split", percent).await;
+        for i in 0..n {
+            let ext = format!("p{percent}-{i}");
+            let (status, row) = post(
+                &app,
+                &token,
+                json!({"url": receiver.url(&format!("/ok/{ext}")), "external_id": ext, "payload": {"n": i}}),
+            )
+            .await;
+            assert_eq!(status, 201, "{ext}: {row}");
+            let owner = if bucket(ext.as_bytes()) < percent {
+                "fluxcb"
+            } else {
+                "legacy"
+            };
+            expected.insert(format!("/ok/{ext}"), owner);
+        }
+    }
+    wait_for_paths(&receiver, "/ok/p", expected.len()).await;
+    let seen = senders(&receiver, "/ok/p");
+    for (path, owner) in &expected {
+        assert_eq!(
+            seen.get(path).map(Vec::as_slice),
+            Some(&[*owner][..]),
+            "{path} delivered once, by {owner}"
+        );
+    }
+    let by_fluxcb = expected.values().filter(|o| **o == "fluxcb").count();
+    assert!(
+        (12..=30).contains(&(by_fluxcb - 20)),
+        "about 30% of 60 at 30 percent, plus all 20 at 100: {by_fluxcb}"
+    );
+
+    // One id sequence and one list: counts add up across both sides.
+    let (_, all) = get(&app, &token, "/api/callbacks/").await;
+    assert_eq!(all["count"], 20 + 100);
+    let ids: Vec<i64> = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    // Reads of a legacy-owned id come from legacy; of a fluxcb-owned one from fluxcb.
+    for row in all["results"].as_array().unwrap().iter().take(10) {
+        let (status, one) = get(&app, &token, &format!("/api/callbacks/{}/", row["id"])).await;
+        assert_eq!((status, &one["id"]), (200, &row["id"]));
+    }
+    // An external_id legacy took stays taken after the percentage moved to fluxcb.
+    let legacy_owned = expected
+        .iter()
+        .find(|(p, o)| **o == "legacy" && p.starts_with("/ok/p30"))
+        .map(|(p, _)| p.trim_start_matches("/ok/").to_owned())
+        .unwrap();
+    let (status, body) = post(
+        &app,
+        &token,
+        json!({"url": receiver.url("/ok/dup"), "external_id": legacy_owned}),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"external_id": ["callback with this external id already exists."]})
+        )
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_down_during_shadow_is_a_drf_style_503() {
+    let closed = common::free_loopback_addr();
+    let app = spawn_app_with(move |c| {
+        c.legacy_upstream = Some(format!("http://{closed}"));
+        c.migration_mode = "shadow".into();
+    })
+    .await;
+    let r = app
+        .http
+        .post(app.url("/api/callbacks/"))
+        .header("authorization", "Token whatever")
+        .json(&json!({"url": "http://127.0.0.1:9/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("legacy service"));
+    let listed: Value = app.get_json("/v1/callbacks?tenant=legacy").await;
+    assert_eq!(
+        listed["data"].as_array().map(Vec::len),
+        Some(0),
+        "nothing half-recorded"
+    );
+    app.stop().await;
+}
