@@ -289,3 +289,112 @@ async fn legacy_down_during_shadow_is_a_drf_style_503() {
     );
     app.stop().await;
 }
+
+/// An external id that the hash routes to fluxcb at `percent` (or to legacy when `fluxcb` is
+/// false), so a test can place a callback on a chosen side.
+fn ext_for(prefix: &str, percent: u8, fluxcb: bool) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|e| (bucket(e.as_bytes()) < percent) == fluxcb)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_30_percent_delivers_everything_once() {
+    let Some(pair) = start_pair().await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    let app = fluxcb_in_front(&pair, "split").await;
+    let token = pair.token().to_owned();
+    let out = fluxcb_command(app.data_dir.path())
+        .args(["migrate", "import", "--legacy-db", pair.database_url()])
+        .arg("--data-dir")
+        .arg(app.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    set_switch(&app, "split", 30).await;
+
+    // Forty callbacks due in a few seconds, split 30/70; one of fluxcb's in flight at the
+    // hand-back (its receiver takes 1.2 s to answer).
+    let due = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
+    for i in 0..40 {
+        let ext = format!("rb-{i}");
+        let (status, row) = post(
+            &app,
+            &token,
+            json!({"url": receiver.url(&format!("/ok/{ext}")), "external_id": ext, "callback_time": due}),
+        )
+        .await;
+        assert_eq!(status, 201, "{row}");
+    }
+    let slow = ext_for("slow", 30, true);
+    let (status, slow_row) = post(
+        &app,
+        &token,
+        json!({"url": receiver.url("/hang/1200"), "external_id": slow}),
+    )
+    .await;
+    assert_eq!(status, 201, "{slow_row}");
+    receiver
+        .wait_for("/hang/1200", 1, Duration::from_secs(5))
+        .await;
+    let fluxcb_owned = (0..40)
+        .filter(|i| bucket(format!("rb-{i}").as_bytes()) < 30)
+        .count();
+
+    // The rollback.
+    let out = fluxcb_command(app.data_dir.path())
+        .args([
+            "migrate",
+            "export",
+            "--legacy-db",
+            pair.database_url(),
+            "--output",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(app.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["written"], fluxcb_owned as u64 + 1, "{report}");
+    assert_eq!(report["in_flight"], 1, "{report}");
+    assert_eq!(report["still_in_flight"], 0, "{report}");
+    assert_eq!(report["by_status"]["succeeded"], 1, "{report}");
+    set_switch(&app, "split", 0).await;
+
+    // Every callback delivered once, by legacy (fluxcb's were handed back before they were
+    // due); the one in flight at the fence was delivered by fluxcb and not again by legacy.
+    wait_for_paths(&receiver, "/ok/rb-", 40).await;
+    let seen = senders(&receiver, "/ok/rb-");
+    assert_eq!(seen.len(), 40, "{seen:?}");
+    for (path, who) in &seen {
+        assert_eq!(who.as_slice(), ["legacy"], "{path}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received_on("/hang/1200").len(), 1);
+    // Reads of handed-back ids are answered by legacy, which now has them.
+    let (status, one) = get(&app, &token, &format!("/api/callbacks/{}/", slow_row["id"])).await;
+    assert_eq!((status, one["status"].as_str()), (200, Some("succeeded")));
+    // New callbacks go to legacy, with ids past everything fluxcb used.
+    let (status, fresh) = post(
+        &app,
+        &token,
+        json!({"url": receiver.url("/ok/after"), "external_id": ext_for("after", 30, true)}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(fresh["id"].as_i64() > slow_row["id"].as_i64(), "{fresh}");
+    app.stop().await;
+}

@@ -261,6 +261,27 @@ pub trait CallbackStore: Send + Sync + 'static {
             "the legacy id sequence is not served by this backend yet".into(),
         ))
     }
+    /// The rollback's fence: every unfinished callback fluxcb owns that has a legacy id becomes a
+    /// mirror (owner legacy), so no new attempt starts; attempts already in flight finish and
+    /// are recorded, but schedule nothing here. Returns every callback awaiting hand-back: the
+    /// ones fenced now (as they were before) and any an interrupted earlier run fenced but did
+    /// not mark handed back.
+    async fn fence_for_handback(&self, _now: DateTime<Utc>) -> Result<Vec<Callback>, StoreError> {
+        Err(StoreError::Unsupported(
+            "handing callbacks back to legacy is not served by this backend yet".into(),
+        ))
+    }
+    /// The callback is in the legacy table now: no longer awaiting hand-back; recorded in its
+    /// audit trail with `detail`.
+    async fn mark_handed_back(
+        &self,
+        _id: &CallbackId,
+        _detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "handing callbacks back to legacy is not served by this backend yet".into(),
+        ))
+    }
     /// Appends to a callback's audit trail (a shadow run's would-be request, a hand-back).
     async fn record_event(
         &self,

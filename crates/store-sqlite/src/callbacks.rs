@@ -439,6 +439,18 @@ impl CallbackStore for SqliteStore {
         self.legacy_advance_ids_past(id).await
     }
 
+    async fn fence_for_handback(&self, now: DateTime<Utc>) -> Result<Vec<Callback>, StoreError> {
+        self.legacy_fence(now).await
+    }
+
+    async fn mark_handed_back(
+        &self,
+        id: &CallbackId,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.legacy_mark_handed_back(id, detail).await
+    }
+
     async fn record_event(
         &self,
         id: &CallbackId,

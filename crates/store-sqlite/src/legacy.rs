@@ -14,6 +14,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::sql;
+use crate::error::sql as sql_err;
 use crate::ops::{append_event, insert_callback, CallbackRow, NewEvent};
 use crate::rows::{self, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS};
 use crate::writer::Durability;
@@ -188,6 +189,67 @@ impl SqliteStore {
                     },
                 )
                 .map_err(sql)
+            })
+            .await
+    }
+
+    pub(crate) async fn legacy_fence(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Callback>, StoreError> {
+        self.writer()
+            .write(Durability::Full, move |c| {
+                let load = |sql: &str| {
+                    c.prepare_cached(sql)
+                        .and_then(|mut s| {
+                            s.query_map([], rows::callback)?
+                                .collect::<rusqlite::Result<Vec<Callback>>>()
+                        })
+                        .map_err(sql_err)
+                };
+                let mut waiting = load(&format!(
+                    "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE handback_pending = 1"
+                ))?;
+                let unfinished = "owner = 'fluxcb' AND legacy_id IS NOT NULL \
+                    AND status IN ('scheduled', 'pending', 'delivering')";
+                waiting.extend(load(&format!(
+                    "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE {unfinished}"
+                ))?);
+                c.prepare_cached(&format!(
+                    "UPDATE callbacks SET owner = 'legacy', next_attempt_at = NULL, \
+                     handback_pending = 1, updated_at = ?1 WHERE {unfinished}"
+                ))
+                .and_then(|mut s| s.execute([ms(now)]))
+                .map_err(sql_err)?;
+                Ok(waiting)
+            })
+            .await
+    }
+
+    pub(crate) async fn legacy_mark_handed_back(
+        &self,
+        id: &CallbackId,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.writer()
+            .write(Durability::Full, move |c| {
+                c.prepare_cached("UPDATE callbacks SET handback_pending = 0 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([&id]))
+                    .map_err(sql_err)?;
+                append_event(
+                    c,
+                    Utc::now(),
+                    NewEvent {
+                        callback_id: &id,
+                        kind: EventKind::HandedBack,
+                        actor: Some("fluxcb migrate export"),
+                        from: None,
+                        to: None,
+                        detail: detail.clone(),
+                    },
+                )
+                .map_err(sql_err)
             })
             .await
     }

@@ -134,6 +134,9 @@ ALTER TABLE callbacks ADD COLUMN url_as_given TEXT;
 ALTER TABLE callbacks ADD COLUMN last_status_code INTEGER;
 -- Which system delivers it during a migration: 'legacy' rows are mirrors, never due here.
 ALTER TABLE callbacks ADD COLUMN owner TEXT NOT NULL DEFAULT 'fluxcb';
+-- Fenced by a rollback and not yet written to the legacy table.
+ALTER TABLE callbacks ADD COLUMN handback_pending INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX callbacks_handback ON callbacks (id) WHERE handback_pending = 1;
 CREATE UNIQUE INDEX callbacks_by_external_id ON callbacks (tenant, external_id)
     WHERE external_id IS NOT NULL;
 -- Page-number listing of legacy rows, newest id first, with or without a status filter.

@@ -139,6 +139,47 @@ pub fn callback_from_row(
     })
 }
 
+/// The legacy row a callback becomes when a rollback hands it back to legacy, due at
+/// `callback_time`. `None` without a legacy id.
+pub fn row_from_callback(cb: &Callback, callback_time: DateTime<Utc>) -> Option<LegacyRow> {
+    let id = cb.legacy_id?;
+    let view = crate::legacy::api::RowView::of(cb)?;
+    let status = match cb.status {
+        // An attempt cut short by the hand-back is sent again by legacy: a duplicate with the
+        // same id is possible, a loss is not.
+        Status::Scheduled | Status::Pending | Status::Delivering => "pending",
+        Status::Delivered => "succeeded",
+        Status::Failed => "failed",
+        Status::Cancelled => "cancelled",
+    };
+    Some(LegacyRow {
+        id,
+        url: view.url,
+        method: view.method,
+        headers: Value::Object(
+            cb.spec
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+        payload: match &cb.spec.payload {
+            Payload::Empty => None,
+            _ => Some(view.payload),
+        },
+        external_id: cb.external_id.clone(),
+        callback_time,
+        status: status.to_owned(),
+        attempts: i32::try_from(cb.attempts_made).unwrap_or(i32::MAX),
+        max_attempts: i32::try_from(cb.max_attempts).unwrap_or(i32::MAX),
+        last_response_code: cb.last_status_code.map(i32::from),
+        last_error: view.last_error,
+        sent_at: (cb.status == Status::Delivered).then_some(cb.updated_at),
+        created_at: cb.created_at,
+        updated_at: cb.updated_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +238,25 @@ mod tests {
             (done.status, done.next_attempt_at),
             (Status::Delivered, None)
         );
+    }
+
+    #[test]
+    fn a_handed_back_callback_is_the_row_it_came_from() {
+        let r = row("pending");
+        let cb = callback_from_row(&r, Owner::Fluxcb, &defaults(), Utc::now()).unwrap();
+        let back = row_from_callback(&cb, r.callback_time).unwrap();
+        assert_eq!(
+            (
+                back.id,
+                back.url.as_str(),
+                back.method.as_str(),
+                back.status.as_str()
+            ),
+            (r.id, r.url.as_str(), "PUT", "pending")
+        );
+        assert_eq!((back.headers, back.payload), (r.headers, r.payload));
+        assert_eq!((back.attempts, back.max_attempts), (2, 5));
+        assert_eq!(back.external_id, r.external_id);
     }
 
     #[test]
