@@ -200,6 +200,41 @@ pub enum MigrateCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Reconcile the legacy table with fluxcb's records: missing and extra callbacks, field
+    /// mismatches, the request fluxcb would send against the one legacy would (URL, method,
+    /// headers, body, signature), schedule drift, outcomes, and receivers that would behave
+    /// differently (addresses fluxcb refuses, redirects, non-http schemes). Exits non-zero when
+    /// the differences exceed --threshold, so it can gate a cutover. Read-only on both sides.
+    ///
+    /// Example: fluxcb migrate compare --legacy-db postgres://app@db:5432/callbacks --output json
+    #[command(verbatim_doc_comment)]
+    Compare {
+        /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
+        #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
+        legacy_db: String,
+        /// The legacy shared signing secret, to compare signatures; default: the configured
+        /// legacy_signing_secret (FLUXCB_LEGACY_SIGNING_SECRET). Without one, signatures are
+        /// not compared.
+        #[arg(long)]
+        legacy_secret: Option<String>,
+        /// Differences allowed before the exit code is non-zero.
+        #[arg(long, default_value_t = 0)]
+        threshold: u64,
+        /// Examples shown per category.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// Legacy rows per read.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+        /// Seconds to wait for each receiver host name to resolve.
+        #[arg(long, default_value_t = 2.0)]
+        resolve_timeout: f64,
+        /// human (default) or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_core::target::TargetPolicy;
+use fluxcb_migrate::compare::{compare, CompareOptions};
 use fluxcb_migrate::import::{import, ImportOptions, ImportReport, Progress, Stores};
 use fluxcb_migrate::LegacyDb;
 
 use crate::cli::{MigrateCommand, StoreArgs};
-use crate::config::{self, Overrides};
+use crate::config::{self, Overrides, Settings};
 use crate::local::open_store;
 
 pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String> {
@@ -35,7 +37,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 after,
                 defaults,
             };
-            let bar = ProgressLine::new();
+            let bar = ProgressLine::new("import");
             let report = import(
                 &db,
                 Stores {
@@ -59,18 +61,85 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 ))
             }
         }
+        MigrateCommand::Compare {
+            legacy_db,
+            legacy_secret,
+            threshold,
+            samples,
+            batch,
+            resolve_timeout,
+            output,
+            store,
+        } => {
+            if !matches!(output.as_str(), "human" | "json") {
+                return Err(format!("--output must be human or json, not {output}"));
+            }
+            let resolve_timeout = Duration::try_from_secs_f64(resolve_timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or("--resolve-timeout must be a positive number of seconds")?;
+            let settings = settings(file, &store)?;
+            let legacy_secret = legacy_secret
+                .filter(|s| !s.is_empty())
+                .map(String::into_bytes)
+                .or_else(|| {
+                    settings
+                        .legacy_signing_secret
+                        .as_deref()
+                        .map(<[u8]>::to_vec)
+                });
+            let store = open_store(file, store)?;
+            let db = LegacyDb::connect(&legacy_db)
+                .await
+                .map_err(|e| e.to_string())?;
+            let options = CompareOptions {
+                batch: batch.clamp(1, 5_000),
+                legacy_secret,
+                policy: TargetPolicy::with_allowed(settings.allow_private_targets.clone()),
+                threshold,
+                samples,
+                resolve_timeout,
+            };
+            let bar = ProgressLine::new("compare");
+            let report = compare(&db, &store, &options, &mut |p| bar.update(p)).await;
+            bar.finish();
+            let report = report.map_err(|e| e.to_string())?;
+            match output.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialise")
+                ),
+                _ => print!("{}", report.human(samples)),
+            }
+            if report.passed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} difference(s) between the legacy table and fluxcb, more than the \
+                     threshold of {}: {}",
+                    report.differences,
+                    report.threshold,
+                    report.breakdown()
+                ))
+            }
+        }
     }
 }
 
-fn defaults(file: Option<&Path>, store: &StoreArgs) -> Result<CallbackDefaults, String> {
-    let settings = config::load(
+/// The configuration as `serve` would see it (file, `FLUXCB_*`, --data-dir).
+fn settings(file: Option<&Path>, store: &StoreArgs) -> Result<Settings, String> {
+    config::load(
         file,
         Overrides {
             data_dir: store.data_dir.clone(),
             ..Overrides::default()
         },
     )?
-    .validate()?;
+    .validate()
+}
+
+fn defaults(file: Option<&Path>, store: &StoreArgs) -> Result<CallbackDefaults, String> {
+    let settings = settings(file, store)?;
     Ok(CallbackDefaults {
         max_attempts: settings.max_attempts,
         timeout_ms: settings.timeout_ms,
@@ -80,12 +149,14 @@ fn defaults(file: Option<&Path>, store: &StoreArgs) -> Result<CallbackDefaults, 
 /// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise
 /// (logs and CI).
 struct ProgressLine {
+    /// The command, named on the plain lines.
+    what: &'static str,
     bar: Option<indicatif::ProgressBar>,
     last_line: std::sync::Mutex<std::time::Instant>,
 }
 
 impl ProgressLine {
-    fn new() -> Self {
+    fn new(what: &'static str) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
@@ -97,6 +168,7 @@ impl ProgressLine {
             bar
         });
         Self {
+            what,
             bar,
             last_line: std::sync::Mutex::new(std::time::Instant::now()),
         }
@@ -114,8 +186,8 @@ impl ProgressLine {
                 if last.elapsed() >= Duration::from_secs(5) {
                     *last = std::time::Instant::now();
                     eprintln!(
-                        "import: {}/{} rows, last legacy id {}",
-                        p.done, p.total, p.last_id
+                        "{}: {}/{} rows, last legacy id {}",
+                        self.what, p.done, p.total, p.last_id
                     );
                 }
             }

@@ -33,6 +33,7 @@
 //! `jsonb` order; fluxcb renders legacy bodies in `jsonb` order itself, so nothing depends on it.
 //! A SQL `NULL` payload is `None`; a JSON `null` is `Some(Value::Null)`.
 
+pub mod compare;
 pub mod import;
 
 use std::collections::BTreeMap;

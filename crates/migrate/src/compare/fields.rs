@@ -66,11 +66,7 @@ pub fn mismatches(row: &LegacyRow, cb: &Callback) -> Vec<FieldMismatch> {
     if row.attempts == 0 {
         let fluxcb = cb.spec.deliver_at;
         if fluxcb.map(|t| t.timestamp_millis()) != Some(row.callback_time.timestamp_millis()) {
-            check(
-                "callback_time",
-                time(Some(row.callback_time)),
-                time(fluxcb),
-            );
+            check("callback_time", time(Some(row.callback_time)), time(fluxcb));
         }
     }
     out
@@ -85,9 +81,8 @@ pub fn row_payload(row: &LegacyRow) -> Value {
 /// description, so that it never equals a legacy payload.
 pub fn payload_value(payload: &Payload) -> Value {
     match payload {
-        Payload::Json(bytes) => serde_json::from_slice(bytes).unwrap_or_else(|e| {
-            Value::String(format!("<stored JSON that does not parse: {e}>"))
-        }),
+        Payload::Json(bytes) => serde_json::from_slice(bytes)
+            .unwrap_or_else(|e| Value::String(format!("<stored JSON that does not parse: {e}>"))),
         Payload::Empty => Value::Null,
         Payload::Raw {
             content_type,
@@ -100,10 +95,8 @@ pub fn payload_value(payload: &Payload) -> Value {
 }
 
 fn time(t: Option<DateTime<Utc>>) -> Value {
-    t.map(|t| {
-        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    })
-    .unwrap_or(Value::Null)
+    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .unwrap_or(Value::Null)
 }
 
 /// Values longer than this (as JSON text) are shown cut, as a string.
@@ -131,7 +124,7 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::tests::{row, mirror};
+    use crate::compare::tests::{mirror, row};
     use serde_json::json;
 
     #[test]

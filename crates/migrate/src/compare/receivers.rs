@@ -133,15 +133,14 @@ impl Receivers {
             hosts_checked: self.hosts.len() as u64,
             ..ReceiversReport::default()
         };
-        let checked: Vec<(String, Seen, Result<Vec<IpAddr>, String>)> =
-            stream::iter(self.hosts)
-                .map(|(host, seen)| async move {
-                    let addresses = resolve(&host, seen.port, timeout).await;
-                    (host, seen, addresses)
-                })
-                .buffered(RESOLVING)
-                .collect()
-                .await;
+        let checked: Vec<(String, Seen, Result<Vec<IpAddr>, String>)> = stream::iter(self.hosts)
+            .map(|(host, seen)| async move {
+                let addresses = resolve(&host, seen.port, timeout).await;
+                (host, seen, addresses)
+            })
+            .buffered(RESOLVING)
+            .collect()
+            .await;
         for (host, seen, addresses) in checked {
             match addresses {
                 Ok(addresses) => {
@@ -236,7 +235,9 @@ mod tests {
         r.observe_row(4, "https://hooks.receiver.invalid/a");
         r.observe_row(5, "ftp://files.receiver.invalid/f");
         r.observe_row(6, "not a url");
-        let report = r.check(&TargetPolicy::public_only(), Duration::from_secs(2)).await;
+        let report = r
+            .check(&TargetPolicy::public_only(), Duration::from_secs(2))
+            .await;
         assert_eq!(report.hosts_checked, 3);
         let blocked: Vec<_> = report
             .blocked
@@ -266,7 +267,9 @@ mod tests {
         r.observe_redirect(1, &url, 302);
         r.observe_redirect(2, &url, 301);
         r.observe_redirect(3, &url, 302);
-        let report = r.check(&TargetPolicy::public_only(), Duration::from_secs(1)).await;
+        let report = r
+            .check(&TargetPolicy::public_only(), Duration::from_secs(1))
+            .await;
         assert_eq!(report.redirecting.len(), 1);
         let h = &report.redirecting[0];
         assert_eq!(

@@ -44,9 +44,8 @@ pub fn differences(
     timestamp: i64,
 ) -> Vec<RequestDifference> {
     let mut out = Vec::new();
-    let mut differ = |aspect: &'static str, detail: String| {
-        out.push(RequestDifference { aspect, detail })
-    };
+    let mut differ =
+        |aspect: &'static str, detail: String| out.push(RequestDifference { aspect, detail });
     let format = cb.spec.wire_format;
     if !format.includes_legacy() {
         differ(
@@ -129,13 +128,8 @@ pub fn differences(
             return out;
         }
     };
-    let legacy_headers = requests_merge(legacy::headers(
-        &row_headers,
-        row.id,
-        timestamp,
-        &body,
-        key,
-    ));
+    let legacy_headers =
+        requests_merge(legacy::headers(&row_headers, row.id, timestamp, &body, key));
     let mut legacy_set = by_name(&legacy_headers);
     let mut fluxcb_set = by_name(&fluxcb.headers);
     // The clients' own User-Agent, when the row sets none.
