@@ -235,6 +235,26 @@ pub enum MigrateCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The rollback: hand every unfinished callback fluxcb owns back to the legacy table
+    /// (fenced first, in-flight attempts waited for, written with their ids, schedule and
+    /// attempts; the legacy sequence moved past every fluxcb id). Then set cutover_percent to 0
+    /// and start the legacy worker again. Idempotent: rerun it after a failure.
+    ///
+    /// Example: fluxcb migrate export --legacy-db postgres://app@db:5432/callbacks
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
+        #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
+        legacy_db: String,
+        /// How long to wait for attempts in flight to finish, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        /// human (default) or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]

@@ -16,6 +16,48 @@ use crate::local::open_store;
 
 pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String> {
     match cmd {
+        MigrateCommand::Export {
+            legacy_db,
+            wait,
+            output,
+            store,
+        } => {
+            let store = open_store(file, store)?;
+            let db = LegacyDb::connect(&legacy_db)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = fluxcb_migrate::export::export(&db, &store, Duration::from_secs(wait))
+                .await
+                .map_err(|e| e.to_string())?;
+            match output.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialise")
+                ),
+                _ => {
+                    println!(
+                        "Handed back {} callback(s) to the legacy table in {:.1} s",
+                        report.written, report.seconds
+                    );
+                    for (status, n) in &report.by_status {
+                        println!("  {status:<10} {n}");
+                    }
+                    println!(
+                        "  in flight at the fence {}, still in flight after the wait {}",
+                        report.in_flight, report.still_in_flight
+                    );
+                    println!(
+                        "  the legacy id sequence continues after {}",
+                        report.sequence_past
+                    );
+                    println!("Next: set cutover_percent to 0 (PUT /v1/admin/migration) and start the legacy worker.");
+                }
+            }
+            if report.still_in_flight > 0 {
+                eprintln!("warning: {} attempt(s) were still in flight; legacy may send those callbacks again (same id)", report.still_in_flight);
+            }
+            Ok(())
+        }
         MigrateCommand::Import {
             legacy_db,
             take_ownership,

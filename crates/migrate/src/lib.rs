@@ -34,6 +34,7 @@
 //! A SQL `NULL` payload is `None`; a JSON `null` is `Some(Value::Null)`.
 
 pub mod compare;
+pub mod export;
 pub mod import;
 
 use std::collections::BTreeMap;
@@ -189,6 +190,48 @@ impl LegacyDb {
                 (SELECT seqstart FROM pg_sequence WHERE seqrelid = seq))";
         self.run(|c| async move { c.query(SQL, &[&id]).await })
             .await?;
+        Ok(())
+    }
+
+    /// Writes a row back into the legacy table with its own id (a rollback hands fluxcb's
+    /// callbacks back): inserted, or updated where the row is there already (one imported
+    /// earlier). Idempotent, so a rollback can be rerun.
+    pub async fn write_back(&self, row: &LegacyRow) -> Result<(), LegacyDbError> {
+        const SQL: &str = "INSERT INTO callme_callback (id, url, method, headers, payload, \
+            external_id, callback_time, status, attempts, max_attempts, last_response_code, \
+            last_error, sent_at, created_at, updated_at) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+            ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, method = EXCLUDED.method, \
+            headers = EXCLUDED.headers, payload = EXCLUDED.payload, \
+            external_id = EXCLUDED.external_id, callback_time = EXCLUDED.callback_time, \
+            status = EXCLUDED.status, attempts = EXCLUDED.attempts, \
+            max_attempts = EXCLUDED.max_attempts, last_response_code = EXCLUDED.last_response_code, \
+            last_error = EXCLUDED.last_error, sent_at = EXCLUDED.sent_at, \
+            updated_at = EXCLUDED.updated_at";
+        self.run(|c| async move {
+            c.execute(
+                SQL,
+                &[
+                    &row.id,
+                    &row.url,
+                    &row.method,
+                    &row.headers,
+                    &row.payload,
+                    &row.external_id,
+                    &row.callback_time,
+                    &row.status,
+                    &row.attempts,
+                    &row.max_attempts,
+                    &row.last_response_code,
+                    &row.last_error,
+                    &row.sent_at,
+                    &row.created_at,
+                    &row.updated_at,
+                ],
+            )
+            .await
+        })
+        .await?;
         Ok(())
     }
 

@@ -88,7 +88,9 @@ pub fn headers(
     ];
     let mut out: Vec<(String, String)> = row_headers
         .iter()
-        .filter(|(k, _)| !ours.iter().any(|(o, _)| o == k))
+        // The legacy sender merged these into a case-insensitive header map, where its own
+        // values won: a row's `content-type` or `x-flux-signature` never went out.
+        .filter(|(k, _)| !ours.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     out.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
