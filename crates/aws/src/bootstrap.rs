@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::store::{INDEX_BY_STATUS, INDEX_BY_TENANT, INDEX_DUE};
+use crate::store::{INDEX_BY_LEGACY, INDEX_BY_STATUS, INDEX_BY_TENANT, INDEX_DUE};
 use crate::{AwsClients, AwsResources};
 
 /// The deliverer's function timeout is 90 s; SQS's visibility timeout is at least six times
@@ -36,11 +37,31 @@ fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, BootstrapError> {
 }
 
 fn string_attr(name: &str) -> Result<AttributeDefinition, BootstrapError> {
+    attr(name, ScalarAttributeType::S)
+}
+
+fn attr(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, BootstrapError> {
     AttributeDefinition::builder()
         .attribute_name(name)
-        .attribute_type(ScalarAttributeType::S)
+        .attribute_type(kind)
         .build()
         .map_err(|e| err("attribute", e))
+}
+
+/// The legacy API's listing index: `tenant_status` and the numeric `legacy_id`, sparse (only
+/// callbacks with a legacy id), keys, `expires_at` and `owner` only.
+fn legacy_index_parts() -> Result<(Vec<KeySchemaElement>, Projection), BootstrapError> {
+    Ok((
+        vec![
+            key("tenant_status", KeyType::Hash)?,
+            key("legacy_id", KeyType::Range)?,
+        ],
+        Projection::builder()
+            .projection_type(ProjectionType::Include)
+            .non_key_attributes("expires_at")
+            .non_key_attributes("owner")
+            .build(),
+    ))
 }
 
 fn index(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex, BootstrapError> {
@@ -87,10 +108,20 @@ pub async fn bootstrap(clients: &AwsClients, prefix: &str) -> Result<AwsResource
         ] {
             create = create.attribute_definitions(string_attr(a)?);
         }
+        let (legacy_keys, legacy_projection) = legacy_index_parts()?;
         create
+            .attribute_definitions(attr("legacy_id", ScalarAttributeType::N)?)
             .global_secondary_indexes(index(INDEX_DUE, "due_pk", "due_sk")?)
             .global_secondary_indexes(index(INDEX_BY_TENANT, "tenant", "id")?)
             .global_secondary_indexes(index(INDEX_BY_STATUS, "tenant_status", "id")?)
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(INDEX_BY_LEGACY)
+                    .set_key_schema(Some(legacy_keys))
+                    .projection(legacy_projection)
+                    .build()
+                    .map_err(|e| err("index", e))?,
+            )
             .send()
             .await
             .map_err(|e| {
@@ -119,6 +150,8 @@ pub async fn bootstrap(clients: &AwsClients, prefix: &str) -> Result<AwsResource
                     aws_sdk_dynamodb::error::DisplayErrorContext(e),
                 )
             })?;
+    } else {
+        add_legacy_index(clients, &table).await?;
     }
     let dlq_url = create_queue(
         clients,
@@ -186,6 +219,77 @@ async fn create_queue(
         })?;
     out.queue_url
         .ok_or_else(|| BootstrapError("SQS returned no queue URL".into()))
+}
+
+/// Adds the `by_legacy` index to a table made before it existed, and waits until it serves.
+async fn add_legacy_index(clients: &AwsClients, table: &str) -> Result<(), BootstrapError> {
+    let has_index = |t: &aws_sdk_dynamodb::types::TableDescription| {
+        t.global_secondary_indexes()
+            .iter()
+            .any(|i| i.index_name() == Some(INDEX_BY_LEGACY))
+    };
+    let describe =
+        |clients: &AwsClients| clients.dynamodb.describe_table().table_name(table).send();
+    let current = describe(clients)
+        .await
+        .map_err(|e| {
+            err(
+                "reading the table",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?
+        .table
+        .ok_or_else(|| BootstrapError(format!("table {table} has no description")))?;
+    if has_index(&current) {
+        return Ok(());
+    }
+    let (keys, projection) = legacy_index_parts()?;
+    clients
+        .dynamodb
+        .update_table()
+        .table_name(table)
+        .attribute_definitions(string_attr("tenant_status")?)
+        .attribute_definitions(attr("legacy_id", ScalarAttributeType::N)?)
+        .global_secondary_index_updates(
+            GlobalSecondaryIndexUpdate::builder()
+                .create(
+                    CreateGlobalSecondaryIndexAction::builder()
+                        .index_name(INDEX_BY_LEGACY)
+                        .set_key_schema(Some(keys))
+                        .projection(projection)
+                        .build()
+                        .map_err(|e| err("index", e))?,
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            err(
+                "adding the by_legacy index",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e),
+            )
+        })?;
+    // Backfilling a big table takes a while; a development table, seconds.
+    for _ in 0..600 {
+        let ready = describe(clients)
+            .await
+            .ok()
+            .and_then(|o| o.table)
+            .is_some_and(|t| {
+                t.global_secondary_indexes().iter().any(|i| {
+                    i.index_name() == Some(INDEX_BY_LEGACY)
+                        && i.index_status() == Some(&IndexStatus::Active)
+                })
+            });
+        if ready {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(BootstrapError(format!(
+        "the by_legacy index of {table} did not become active"
+    )))
 }
 
 async fn wait_active(clients: &AwsClients, table: &str) -> Result<(), BootstrapError> {

@@ -296,3 +296,47 @@ impl DynamoStore {
             .collect())
     }
 }
+
+const MIGRATION_PK: &str = "settings#migration";
+
+impl DynamoStore {
+    /// The migration switch: one item, read strongly consistent (each node re-reads it every
+    /// few seconds: one read unit each time).
+    pub(crate) async fn read_migration_state(
+        &self,
+    ) -> Result<Option<fluxcb_core::migration::MigrationState>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(MIGRATION_PK))
+            .key("sk", s("settings"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error("reading the migration mode", e))?;
+        Ok(out
+            .item
+            .as_ref()
+            .and_then(|i| get_s(i, "value"))
+            .and_then(|v| serde_json::from_str(v).ok()))
+    }
+
+    pub(crate) async fn write_migration_state(
+        &self,
+        state: fluxcb_core::migration::MigrationState,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_string(&state).expect("the state serialises");
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(MIGRATION_PK))
+            .item("sk", s("settings"))
+            .item("value", s(value))
+            .item("updated_at", n(ms(state.updated_at)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error("setting the migration mode", e))
+    }
+}

@@ -3,28 +3,26 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
-use fluxcb_core::callback::Callback;
+use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::migration::MigrationState;
 use fluxcb_core::ports::{
-    ActionResult, CallbackDetail, CallbackPage, CallbackStore, IngestBatch, IngestResult,
-    ListFilter, PageRequest, StoreError,
+    ActionResult, CallbackDetail, CallbackPage, CallbackStore, ImportOutcome, IngestBatch,
+    IngestResult, LegacyListFilter, LegacyPage, ListFilter, PageRequest, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
-use fluxcb_core::tenant::Scope;
+use fluxcb_core::tenant::{Scope, TenantId};
 
 use super::items::{
-    attempt_from_item, callback_from_item, callback_item, callback_pk, due_shard, due_sort_key,
-    expiry, get_n, get_s, history, item_size, ms, n, s, sweep_at, tenant_status, CALLBACK_SK,
+    attempt_from_item, callback_from_item, callback_pk, due_shard, due_sort_key, get_n, get_s,
+    history, ms, n, s, sweep_at, tenant_status, CALLBACK_SK,
 };
-use super::{
-    cancellation_codes, is_conditional_failure, store_error, DynamoStore, Item, DUE_SHARDS,
-    INDEX_DUE, MAX_ITEM_BYTES, MAX_TRANSACTION_ITEMS,
-};
+use super::{is_conditional_failure, store_error, DynamoStore, DUE_SHARDS, INDEX_DUE};
 
 pub(super) const NOT_EXISTS: &str = "attribute_not_exists(pk)";
 
@@ -35,150 +33,7 @@ pub(super) fn build_err(e: impl std::fmt::Display) -> StoreError {
 #[async_trait]
 impl CallbackStore for DynamoStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
-        let IngestBatch {
-            tenant,
-            mut callbacks,
-            idempotency,
-        } = batch;
-        let now = callbacks.first().map_or_else(Utc::now, |c| c.created_at);
-        // Everything is checked before anything is written.
-        for (i, cb) in callbacks.iter().enumerate() {
-            let size = item_size(&callback_item(cb, self.sweep_grace));
-            if size > MAX_ITEM_BYTES {
-                return Err(StoreError::TooLarge(format!(
-                    "callback {i} would take {size} bytes in the callback table; DynamoDB items \
-                     are limited to 400 KB (payload, headers and metadata together)"
-                )));
-            }
-        }
-        self.register_tenant(&tenant).await?;
-        let Some(idem) = idempotency else {
-            let items = callbacks
-                .iter()
-                .map(|c| callback_item(c, self.sweep_grace))
-                .collect();
-            self.write_chunks(items).await?;
-            return Ok(IngestResult::Accepted);
-        };
-        let idem_pk = format!("idem#{tenant}#{}", idem.key);
-        let mut record = Item::new();
-        record.insert("pk".into(), s(idem_pk.as_str()));
-        record.insert("sk".into(), s("idem"));
-        record.insert("fingerprint".into(), s(idem.fingerprint.as_str()));
-        record.insert("response_status".into(), n(idem.response_status));
-        record.insert(
-            "response_body".into(),
-            AttributeValue::B(idem.response_body.clone().into()),
-        );
-        record.insert(
-            "ids".into(),
-            s(callbacks
-                .iter()
-                .map(|c| c.id.to_string())
-                .collect::<Vec<_>>()
-                .join(",")),
-        );
-        record.insert("created_at".into(), n(ms(now)));
-        record.insert(
-            "expires_at".into(),
-            n(expiry(now, self.retention.idempotency_keys)),
-        );
-
-        if callbacks.len() < MAX_TRANSACTION_ITEMS {
-            // One transaction: the record and the callbacks appear together or not at all.
-            record.insert("complete".into(), AttributeValue::Bool(true));
-            let mut actions = vec![self.put(record, Some(NOT_EXISTS))?];
-            for cb in &callbacks {
-                actions.push(self.put(callback_item(cb, self.sweep_grace), Some(NOT_EXISTS))?);
-            }
-            match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(actions))
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(IngestResult::Accepted),
-                Err(e) => match cancellation_codes(&e) {
-                    Some(codes)
-                        if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") => {}
-                    _ => return Err(store_error("ingesting callbacks", e)),
-                },
-            }
-        } else {
-            // Too many for one transaction: the record goes first, marked incomplete and
-            // naming the ids, then the callbacks in idempotent chunks. A retry of the same
-            // request finds the record and completes the batch with the same ids.
-            record.insert("complete".into(), AttributeValue::Bool(false));
-            match self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(record))
-                .condition_expression(NOT_EXISTS)
-                .send()
-                .await
-            {
-                Ok(_) => {
-                    self.write_chunks(
-                        callbacks
-                            .iter()
-                            .map(|c| callback_item(c, self.sweep_grace))
-                            .collect(),
-                    )
-                    .await?;
-                    self.mark_complete(&idem_pk).await?;
-                    return Ok(IngestResult::Accepted);
-                }
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(store_error("ingesting callbacks", e)),
-            }
-        }
-        // The key was used before.
-        let Some(previous) = self.idempotency_item(&idem_pk).await? else {
-            return Err(StoreError::Busy(
-                "the idempotency record is being replaced; retry".into(),
-            ));
-        };
-        if get_s(&previous, "fingerprint") != Some(idem.fingerprint.as_str()) {
-            return Ok(IngestResult::KeyReused);
-        }
-        let body = match previous.get("response_body") {
-            Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
-            _ => Vec::new(),
-        };
-        let status = get_n(&previous, "response_status").unwrap_or(202) as u16;
-        if matches!(previous.get("complete"), Some(AttributeValue::Bool(false))) {
-            let ids: Vec<CallbackId> = get_s(&previous, "ids")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|i| i.parse().ok())
-                .collect();
-            if ids.len() != callbacks.len() {
-                return Err(StoreError::Internal(
-                    "an incomplete batch record does not match its request".into(),
-                ));
-            }
-            let created_at = get_n(&previous, "created_at").map(super::items::from_ms);
-            for (cb, id) in callbacks.iter_mut().zip(ids) {
-                cb.id = id;
-                if let Some(at) = created_at {
-                    let shift = at - cb.created_at;
-                    cb.created_at = at;
-                    cb.updated_at = at;
-                    cb.next_attempt_at = cb.next_attempt_at.map(|t| t + shift);
-                }
-            }
-            self.write_chunks(
-                callbacks
-                    .iter()
-                    .map(|c| callback_item(c, self.sweep_grace))
-                    .collect(),
-            )
-            .await?;
-            self.mark_complete(&idem_pk).await?;
-        }
-        Ok(IngestResult::Replayed { status, body })
+        self.ingest_batch(batch).await
     }
 
     async fn get(
@@ -281,6 +136,10 @@ impl CallbackStore for DynamoStore {
             before = get_s(last, "id").and_then(|i| i.parse().ok());
             for item in &items {
                 let cb = callback_from_item(item)?;
+                // Mirrors of legacy rows are redriven by legacy, not here.
+                if cb.owner == Owner::Legacy {
+                    continue;
+                }
                 // Not announced one by one: the sweeper's next run enqueues them.
                 if self
                     .operator_transition(&cb, Transition::Retry, EventKind::Redriven, actor, false)
@@ -471,5 +330,71 @@ impl CallbackStore for DynamoStore {
             }
         }
         Ok(counts)
+    }
+
+    /// A pointer item (`legacy#<id>`, strongly consistent) names the callback; then the
+    /// callback's partition as [`CallbackStore::get`] reads it.
+    async fn get_by_legacy_id(
+        &self,
+        scope: &Scope,
+        legacy_id: i64,
+    ) -> Result<Option<CallbackDetail>, StoreError> {
+        self.legacy_get(scope, legacy_id).await
+    }
+
+    async fn list_legacy(
+        &self,
+        scope: &Scope,
+        filter: &LegacyListFilter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<LegacyPage, StoreError> {
+        self.legacy_list(scope, filter, offset, limit).await
+    }
+
+    async fn external_id_exists(
+        &self,
+        tenant: &TenantId,
+        external_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.external_holder(tenant, external_id).await?.is_some())
+    }
+
+    async fn import_legacy(&self, rows: Vec<Callback>) -> Result<Vec<ImportOutcome>, StoreError> {
+        self.legacy_import(rows).await
+    }
+
+    async fn advance_legacy_ids_past(&self, id: i64) -> Result<(), StoreError> {
+        self.advance_legacy_ids(id).await
+    }
+
+    async fn record_event(
+        &self,
+        id: &CallbackId,
+        kind: EventKind,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.put_event(id, kind, actor, detail).await
+    }
+
+    async fn migration_state(&self) -> Result<Option<MigrationState>, StoreError> {
+        self.read_migration_state().await
+    }
+
+    async fn set_migration_state(&self, state: MigrationState) -> Result<(), StoreError> {
+        self.write_migration_state(state).await
+    }
+
+    async fn claim_now(
+        &self,
+        scope: &Scope,
+        id: &CallbackId,
+        actor: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<ActionResult, StoreError> {
+        self.legacy_claim_now(scope, id, actor, now, lease_until)
+            .await
     }
 }

@@ -155,6 +155,9 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     item.insert("created_by".into(), s(&cb.created_by));
     if let Some(at) = cb.next_attempt_at {
         item.insert("next_attempt_at".into(), n(ms(at)));
+    }
+    // A mirror of a legacy row is never due here: it stays out of the `due` index.
+    if let (Some(at), Owner::Fluxcb) = (cb.next_attempt_at, cb.owner) {
         item.insert("due_pk".into(), s(due_shard(&cb.id)));
         let enqueued = (at - cb.created_at <= MAX_QUEUE_DELAY).then_some(cb.created_at);
         if let Some(sent) = enqueued {
@@ -166,6 +169,65 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
         );
     }
     item
+}
+
+pub(crate) const POINTER_SK: &str = "legacy";
+pub(crate) const GUARD_SK: &str = "external";
+/// The attribute of a pointer or guard item that names its callback. Not `id` and not `tenant`,
+/// so that these items stay out of the `by_tenant` index.
+pub(crate) const HOLDER: &str = "callback";
+
+/// The item that finds a callback by its legacy id (`GET /api/callbacks/<id>/`), and keeps
+/// legacy ids unique across the table.
+pub(crate) fn pointer_pk(legacy_id: i64) -> String {
+    format!("legacy#{legacy_id}")
+}
+
+/// The item that keeps an `external_id` unique within a tenant. Long values are hashed (a
+/// partition key is at most 2,048 bytes), under their own prefix so that no literal value can
+/// collide with a hashed one.
+pub(crate) fn guard_pk(tenant: &TenantId, external_id: &str) -> String {
+    if external_id.len() <= 512 {
+        format!("external#{tenant}#{external_id}")
+    } else {
+        format!(
+            "externalh#{tenant}#{}",
+            fluxcb_core::auth::hash_key(external_id)
+        )
+    }
+}
+
+fn pointer_item(cb: &Callback, legacy_id: i64) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(pointer_pk(legacy_id)));
+    item.insert("sk".into(), s(POINTER_SK));
+    item.insert(HOLDER.into(), s(cb.id.to_string()));
+    item
+}
+
+fn guard_item(cb: &Callback, external_id: &str) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(guard_pk(&cb.tenant, external_id)));
+    item.insert("sk".into(), s(GUARD_SK));
+    item.insert(HOLDER.into(), s(cb.id.to_string()));
+    item.insert("external_id".into(), s(external_id));
+    if let Some(id) = cb.legacy_id {
+        item.insert("holder_legacy_id".into(), n(id));
+    }
+    item
+}
+
+/// Everything a new callback writes, callback item first: its legacy id pointer and its
+/// `external_id` guard when it has them. Written together, in one transaction.
+pub(crate) fn callback_entries(cb: &Callback, grace: chrono::TimeDelta) -> Vec<Item> {
+    let mut entries = vec![callback_item(cb, grace)];
+    if let Some(id) = cb.legacy_id {
+        entries.push(pointer_item(cb, id));
+    }
+    if let Some(external_id) = &cb.external_id {
+        entries.push(guard_item(cb, external_id));
+    }
+    entries
 }
 
 /// Rough size of an item as DynamoDB counts it (attribute names plus values).
@@ -400,7 +462,9 @@ pub(crate) fn event_from_item(item: &Item) -> Result<Event, StoreError> {
         actor: get_s(item, "actor").map(str::to_owned),
         from_status: get_s(item, "from_status").map(str::to_owned),
         to_status: get_s(item, "to_status").map(str::to_owned),
-        detail: serde_json::json!({}),
+        detail: get_s(item, "detail")
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_else(|| serde_json::json!({})),
     })
 }
 

@@ -10,14 +10,23 @@
 //! | idempotency record | `idem#<tenant>#<key>` | `idem` |
 //! | API key | `keys` | `<sha-256 of the key>` |
 //! | signing secret | `secrets#<tenant>` | `<ulid>` |
+//! | tenant registry | `tenants` | `<tenant>` |
+//! | legacy id counter | `sequence#legacy_id` | `sequence` |
+//! | legacy id pointer (names the callback) | `legacy#<legacy id>` | `legacy` |
+//! | `external_id` guard (names the callback) | `external#<tenant>#<external_id>` | `external` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
 //! needs a message with one query per shard; `by_tenant` (`tenant`, `id`) and `by_status`
-//! (`tenant_status`, `id`) serve listings newest first.
+//! (`tenant_status`, `id`) serve listings newest first; `by_legacy` (`tenant_status`,
+//! `legacy_id`, sparse: callbacks with a legacy id only) serves the legacy API's listing, newest
+//! legacy id first, with its total count.
 mod admin;
 mod callbacks;
+mod import;
+mod ingest;
 mod items;
+mod legacy;
 mod operations;
 mod sweep;
 mod work;
@@ -46,6 +55,9 @@ pub const MAX_TRANSACTION_ITEMS: usize = 100;
 pub const INDEX_DUE: &str = "due";
 pub const INDEX_BY_TENANT: &str = "by_tenant";
 pub const INDEX_BY_STATUS: &str = "by_status";
+/// Keys only, plus `expires_at` and `owner` so that counts can leave out what retention has
+/// expired and filter by owner.
+pub const INDEX_BY_LEGACY: &str = "by_legacy";
 
 pub type Item = HashMap<String, AttributeValue>;
 

@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
-use fluxcb_core::callback::Callback;
+use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{ActionResult, ListFilter, StoreError};
@@ -16,10 +16,7 @@ use super::items::{
     callback_from_item, callback_pk, due_shard, due_sort_key, event_item, expiry, get_s,
     is_expired, ms, n, s, sweep_at, tenant_status, NewEvent, CALLBACK_SK,
 };
-use super::{
-    cancellation_codes, store_error, DynamoStore, Item, INDEX_BY_STATUS, INDEX_BY_TENANT,
-    MAX_TRANSACTION_ITEMS,
-};
+use super::{cancellation_codes, store_error, DynamoStore, Item, INDEX_BY_STATUS, INDEX_BY_TENANT};
 
 impl DynamoStore {
     /// Runs a transaction whose first action is conditioned on the callback's current state:
@@ -112,50 +109,6 @@ impl DynamoStore {
         expiry(now, self.retention.callbacks)
     }
 
-    /// Writes callbacks in transactions of at most [`MAX_TRANSACTION_ITEMS`], each put
-    /// conditional on the callback not existing yet; a chunk that finds some already written
-    /// (a retried, half-written batch) is written again without them.
-    pub(super) async fn write_chunks(&self, items: Vec<Item>) -> Result<(), StoreError> {
-        for chunk in items.chunks(MAX_TRANSACTION_ITEMS) {
-            let mut pending: Vec<Item> = chunk.to_vec();
-            for _ in 0..3 {
-                if pending.is_empty() {
-                    break;
-                }
-                let actions = pending
-                    .iter()
-                    .map(|i| self.put(i.clone(), Some(NOT_EXISTS)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                match self
-                    .client
-                    .transact_write_items()
-                    .set_transact_items(Some(actions))
-                    .send()
-                    .await
-                {
-                    Ok(_) => pending.clear(),
-                    Err(e) => match cancellation_codes(&e) {
-                        Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
-                            pending = pending
-                                .into_iter()
-                                .zip(codes)
-                                .filter(|(_, c)| c != "ConditionalCheckFailed")
-                                .map(|(i, _)| i)
-                                .collect();
-                        }
-                        _ => return Err(store_error("writing callbacks", e)),
-                    },
-                }
-            }
-            if !pending.is_empty() {
-                return Err(StoreError::Busy(
-                    "writing callbacks: transactions kept conflicting".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     pub(super) async fn idempotency_item(&self, pk: &str) -> Result<Option<Item>, StoreError> {
         self.client
             .get_item()
@@ -217,8 +170,9 @@ impl DynamoStore {
             .key("pk", s(callback_pk(&cb.id)))
             .key("sk", s(CALLBACK_SK))
             .update_expression(expression)
-            .condition_expression("#st = :from")
-            .expression_attribute_names("#st", "status");
+            .condition_expression("#st = :from AND attribute_not_exists(#ow)")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner");
         for (k, v) in values {
             update = update.expression_attribute_values(k, v);
         }
@@ -254,6 +208,9 @@ impl DynamoStore {
             let Some(cb) = self.load(id).await?.filter(|cb| scope.permits(&cb.tenant)) else {
                 return Ok(ActionResult::NotFound);
             };
+            if cb.owner == Owner::Legacy {
+                return Ok(ActionResult::OwnedByLegacy);
+            }
             if transition.apply(cb.status).is_err() {
                 return Ok(ActionResult::WrongState(cb.status));
             }

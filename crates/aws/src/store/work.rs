@@ -55,11 +55,14 @@ impl DynamoStore {
                 "SET #st = :delivering, tenant_status = :ts, lease_until = :lease, \
                  updated_at = :now, due_sk = :due_sk REMOVE enqueued_at",
             )
+            // A mirror of a legacy row (`owner` set) is never claimed here.
             .condition_expression(
-                "#st IN (:scheduled, :pending) AND next_attempt_at <= :now AND tenant = :tenant",
+                "#st IN (:scheduled, :pending) AND next_attempt_at <= :now AND tenant = :tenant \
+                 AND attribute_not_exists(#ow)",
             )
             .expression_attribute_values(":tenant", s(tenant.as_str()))
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
             .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
             .expression_attribute_values(":scheduled", s(Status::Scheduled.as_str()))
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))

@@ -3,14 +3,13 @@
 //! `moto_server` themselves if they find it (on PATH or in the CI's venv), and otherwise skip
 //! with a loud message, except under `CI=true`, where a missing emulator is a failure.
 //!
-//! Self-contained, so that the Lambda crate's tests include this same file (`#[path]`).
+//! Self-contained (std only), so that the Lambda and AWS store crates' tests include this same
+//! file (`#[path]`).
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use fluxcb::config::Config;
 
 static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
 
@@ -96,25 +95,4 @@ pub fn endpoint() -> Option<String> {
             found
         })
         .clone()
-}
-
-/// A fresh table and queues for one test app, created the way `fluxcb aws bootstrap` does.
-pub async fn fresh_resources(config: &mut Config) {
-    let clients = fluxcb_aws::AwsClients::from_env().await;
-    let prefix = format!(
-        "t{}",
-        fluxcb_core::id::CallbackId::generate()
-            .ulid()
-            .to_string()
-            .to_lowercase()
-    );
-    let r = fluxcb_aws::bootstrap::bootstrap(&clients, &prefix)
-        .await
-        .expect("bootstrap against moto");
-    config.backend = "aws".into();
-    config.dynamodb_table = r.table;
-    config.sqs_queue_url = r.queue_url;
-    config.sqs_dlq_url = r.dlq_url;
-    config.sweep_interval = "1s".into();
-    config.sweep_grace = "3s".into();
 }

@@ -65,7 +65,7 @@ pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> 
     let mut config = test_config(data_dir.path());
     if backend == Backend::Aws {
         aws::endpoint()?;
-        aws::fresh_resources(&mut config).await;
+        fresh_aws_resources(&mut config).await;
     }
     customize(&mut config);
     let settings = config.validate().expect("test config is valid");
@@ -86,6 +86,27 @@ pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> 
         shutdown,
         server,
     })
+}
+
+/// A fresh table and queues for one test app, created the way `fluxcb aws bootstrap` does.
+pub async fn fresh_aws_resources(config: &mut Config) {
+    let clients = fluxcb_aws::AwsClients::from_env().await;
+    let prefix = format!(
+        "t{}",
+        fluxcb_core::id::CallbackId::generate()
+            .ulid()
+            .to_string()
+            .to_lowercase()
+    );
+    let r = fluxcb_aws::bootstrap::bootstrap(&clients, &prefix)
+        .await
+        .expect("bootstrap against moto");
+    config.backend = "aws".into();
+    config.dynamodb_table = r.table;
+    config.sqs_queue_url = r.queue_url;
+    config.sqs_dlq_url = r.dlq_url;
+    config.sweep_interval = "1s".into();
+    config.sweep_grace = "3s".into();
 }
 
 impl TestApp {
