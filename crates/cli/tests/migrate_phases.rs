@@ -176,6 +176,47 @@ async fn shadow_then_split_at_0_30_100() {
         "{shadowed}"
     );
 
+    // The comparison gates the next phase: nothing differs...
+    let compare = |app: &TestApp| {
+        fluxcb_command(app.data_dir.path())
+            .args(["migrate", "compare", "--legacy-db", pair.database_url()])
+            .args(["--legacy-secret", SECRET, "--output", "json"])
+            .arg("--data-dir")
+            .arg(app.data_dir.path())
+            .env("FLUXCB_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8")
+            .output()
+            .unwrap()
+    };
+    let out = compare(&app);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        (report["differences"].as_u64(), report["matched"].as_u64()),
+        (Some(0), Some(20)),
+        "{report}"
+    );
+    // ...until something does: a row changed behind fluxcb's back.
+    let (client, conn) = tokio_postgres::connect(pair.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "UPDATE callme_callback SET payload = '{\"i\": 999}' WHERE external_id = 's-3'",
+        )
+        .await
+        .unwrap();
+    let out = compare(&app);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(report["field_mismatches"]["count"], 1, "{report}");
+    client
+        .batch_execute(
+            "UPDATE callme_callback SET payload = '{\"i\": 3}' WHERE external_id = 's-3'",
+        )
+        .await
+        .unwrap();
+
     // Split: the legacy tokens must work on fluxcb's side too.
     let out = fluxcb_command(app.data_dir.path())
         .args(["migrate", "import", "--legacy-db", pair.database_url()])
