@@ -217,11 +217,7 @@ impl App {
                 let generated = parts.prepare(settings).await?;
                 let engine = parts.engine(settings)?;
                 let metrics = with_destinations(prometheus(), engine.destinations());
-                let legacy = LegacyParts {
-                    table: legacy_table(settings).await?,
-                    send_now: None,
-                    upstream: legacy_upstream(settings)?,
-                };
+                let legacy = parts.legacy_parts(settings).await?;
                 let state = parts.api_state(settings, Some(metrics), legacy);
                 (state, Engine::Aws(engine), generated)
             }

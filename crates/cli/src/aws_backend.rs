@@ -18,8 +18,12 @@ use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_http::AppState;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{api_state, ensure_admin_key, ensure_signing_secret, http_sender, StartError};
+use crate::app::{
+    api_state, ensure_admin_key, ensure_signing_secret, http_sender, legacy_table, legacy_upstream,
+    LegacyParts, StartError,
+};
 use crate::config::Settings;
+use fluxcb_delivery::send_now::ImmediateDelivery;
 
 /// The longest attempt (60 s) plus time to record it: a claim's lease. A worker that dies
 /// holding a callback gives it back when this runs out.
@@ -88,7 +92,7 @@ impl AwsParts {
         &self,
         settings: &Settings,
         metrics: Option<fluxcb_http::MetricsRender>,
-        legacy: crate::app::LegacyParts,
+        legacy: LegacyParts,
     ) -> AppState {
         api_state(
             settings,
@@ -100,6 +104,24 @@ impl AwsParts {
             metrics,
             legacy,
         )
+    }
+
+    /// The legacy API's extras on AWS: the synchronous `send` over this store, and the legacy
+    /// database and services when configured.
+    pub async fn legacy_parts(&self, settings: &Settings) -> Result<LegacyParts, StartError> {
+        let send_now = ImmediateDelivery {
+            store: self.store.clone(),
+            sender: Arc::new(http_sender(settings)?),
+            secrets: Arc::new(SecretCache::new(self.store.clone(), Duration::from_secs(5))),
+            legacy_secret: settings.legacy_signing_secret.clone(),
+            policy: settings.retry.clone(),
+            clock: self.clock.clone(),
+        };
+        Ok(LegacyParts {
+            table: legacy_table(settings).await?,
+            send_now: Some(Arc::new(send_now)),
+            upstream: legacy_upstream(settings)?,
+        })
     }
 
     pub fn deliverer(&self, settings: &Settings) -> Result<Deliverer, StartError> {

@@ -91,9 +91,11 @@ pub async fn handle_schedule(
 
 /// The API router as Lambda serves it: the same router as `fluxcb serve`, with the metrics
 /// flushed after each request.
-pub fn api_router(settings: &Settings, parts: &AwsParts) -> axum::Router {
-    // The legacy API on Lambda has no legacy-database link yet (see the migration runbook).
-    let legacy = fluxcb::app::LegacyParts::default();
+pub fn api_router(
+    settings: &Settings,
+    parts: &AwsParts,
+    legacy: fluxcb::app::LegacyParts,
+) -> axum::Router {
     fluxcb_http::router(parts.api_state(settings, None, legacy)).layer(
         axum::middleware::map_response(|response: axum::response::Response| async move {
             flush_metrics();

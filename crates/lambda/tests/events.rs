@@ -112,7 +112,11 @@ async fn api_accepts_the_gateway_post_and_serves_the_get() {
     };
     // What the API function's cold start does before it serves.
     f.parts.prepare(&f.settings).await.expect("prepare");
-    let router = fluxcb_lambda::api_router(&f.settings, &f.parts);
+    let router = fluxcb_lambda::api_router(
+        &f.settings,
+        &f.parts,
+        f.parts.legacy_parts(&f.settings).await.unwrap(),
+    );
 
     let (status, accepted) = call_api(&router, &fixture(POST_FIXTURE)).await;
     assert_eq!(status, 202, "POST /v1/callbacks: {accepted}");
@@ -154,7 +158,11 @@ async fn api_answers_in_the_gateway_v2_response_shape() {
         return;
     };
     f.parts.prepare(&f.settings).await.expect("prepare");
-    let router = fluxcb_lambda::api_router(&f.settings, &f.parts);
+    let router = fluxcb_lambda::api_router(
+        &f.settings,
+        &f.parts,
+        f.parts.legacy_parts(&f.settings).await.unwrap(),
+    );
     // `Adapter` and `LambdaRequest` are public but doc(hidden) in lambda_http 1.3: this pins
     // what `lambda_http::run` does with our router (Cargo.lock pins the version).
     let adapter = lambda_http::Adapter::from(router);

@@ -10,7 +10,9 @@ async fn main() -> Result<(), fluxcb_lambda::Error> {
         return Err("FLUXCB_API_KEY must be set for the API function (the template reads it from Secrets Manager)".into());
     }
     parts.prepare(&settings).await?;
-    let router = fluxcb_lambda::api_router(&settings, &parts);
+    // The legacy API's send-now, legacy database and services (migration runbook).
+    let legacy = parts.legacy_parts(&settings).await?;
+    let router = fluxcb_lambda::api_router(&settings, &parts, legacy);
     fluxcb_lambda::ready("api", started);
     lambda_http::run(router).await
 }
