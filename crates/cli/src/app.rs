@@ -313,7 +313,9 @@ impl App {
             retention: Retention {
                 callbacks: settings.retention,
                 idempotency_keys: settings.idempotency_retention,
-                ..Retention::default()
+                // At least twice per retention period, so a short one is honoured.
+                interval: (settings.retention / 2)
+                    .clamp(Duration::from_secs(1), Retention::default().interval),
             },
             lock,
         });

@@ -126,6 +126,7 @@ async fn ingest_worker(
     per_batch: usize,
     target: String,
     ledger: Arc<Mutex<Ledger>>,
+    pace: Duration,
 ) {
     let http = client();
     loop {
@@ -185,8 +186,8 @@ async fn ingest_worker(
             }
             break;
         }
-        // Paced so that ingest is still going when the first kill comes.
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        // Paced so that ingest is still going when the kills come.
+        tokio::time::sleep(pace).await;
     }
 }
 
@@ -222,6 +223,7 @@ async fn sigkill_during_ingest_and_delivery_loses_no_acknowledged_callback() {
                 PER_BATCH,
                 target.clone(),
                 ledger.clone(),
+                Duration::from_millis(40),
             ))
         })
         .collect();
@@ -458,5 +460,111 @@ async fn sigterm_finishes_in_flight_deliveries_so_a_restart_sends_nothing_twice(
         "in-flight deliveries were sent again after a graceful stop: {twice:?}"
     );
     assert_eq!(delivered, ids);
+    server.sigterm();
+}
+
+/// Many `kill -9`s at random moments: during batch ingest, with deliveries on the wire, and
+/// while retention deletes delivered callbacks (retention is 2 s here, so cleanup runs every
+/// second). CI size: 10 kills, 3,000 callbacks. Larger, by one command:
+/// `FLUXCB_CRASH_KILLS=50 FLUXCB_CRASH_BATCHES=400 cargo test --release -p fluxcb --test crash many_kills`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_kills_at_random_moments_lose_nothing_acknowledged() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let kills = env("FLUXCB_CRASH_KILLS", 10);
+    let batches = env("FLUXCB_CRASH_BATCHES", 150);
+    const PER_BATCH: usize = 20;
+    let started = Instant::now();
+    let receiver = TestReceiver::start().await;
+    // Slow enough that deliveries are still on the wire through most of the kills.
+    let target = receiver.url("/hang/100");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    let extra = [
+        ("FLUXCB_DESTINATION_MAX_IN_FLIGHT", "64"),
+        ("FLUXCB_RETENTION", "2s"),
+    ];
+    let mut server = ServeProcess::start(&data, &log, None, &extra).await;
+    let base = Arc::new(Mutex::new(server.url("")));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(ingest_worker(
+                base.clone(),
+                next.clone(),
+                batches,
+                PER_BATCH,
+                target.clone(),
+                ledger.clone(),
+                Duration::from_millis(150),
+            ))
+        })
+        .collect();
+    // A fixed seed: the kill moments differ between kills but not between runs.
+    let mut state: u64 = 0x5eed_f1ce;
+    let mut moments = Vec::new();
+    for k in 0..kills {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = Duration::from_millis(300 + (state >> 33) % 1200);
+        tokio::time::sleep(wait).await;
+        let acked = ledger.lock().unwrap().acked.len();
+        let seen = distinct_ids(&receiver.received()).len();
+        moments.push(format!("{k}: acked {acked}, seen {seen}"));
+        let addr = server.addr;
+        server.sigkill();
+        server = ServeProcess::start(&data, &log, Some(addr), &extra).await;
+        *base.lock().unwrap() = server.url("");
+    }
+    for w in workers {
+        w.await.expect("ingest worker");
+    }
+    let expected: HashMap<String, u64> = ledger.lock().unwrap().acked.clone();
+    assert_eq!(expected.len(), batches * PER_BATCH);
+    let all_seen = wait_until(Duration::from_secs(120), || {
+        let got = distinct_ids(&receiver.received());
+        expected.keys().all(|id| got.contains(id))
+    })
+    .await;
+    let received = receiver.received();
+    let got = distinct_ids(&received);
+    let lost = expected.keys().filter(|id| !got.contains(*id)).count();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for r in &received {
+        let id = r.header("webhook-id").expect("webhook-id");
+        let n = expected
+            .get(id)
+            .unwrap_or_else(|| panic!("delivered {id}, never acknowledged"));
+        let body: Value = serde_json::from_slice(&r.body).expect("json body");
+        assert_eq!(body["n"], *n, "{id} delivered with another payload");
+        *per_id.entry(id).or_default() += 1;
+    }
+    let l = ledger.lock().unwrap();
+    eprintln!(
+        "many kills: {kills} kills, acknowledged {}, lost {lost}, duplicates {} (max {} of one \
+         id), transport errors {}, refused {}, replayed batches {}, {:.1}s\n  {}",
+        expected.len(),
+        received.len() - per_id.len(),
+        per_id.values().max().copied().unwrap_or(0),
+        l.transport_errors,
+        l.refused,
+        l.replayed,
+        started.elapsed().as_secs_f64(),
+        moments.join("\n  ")
+    );
+    assert!(all_seen && lost == 0, "lost {lost} acknowledged callbacks");
+    let purged = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("purged"))
+        .count();
+    eprintln!("  retention runs that deleted something: {purged}");
     server.sigterm();
 }

@@ -35,11 +35,15 @@ pub async fn run(
     retention: Retention,
     shutdown: CancellationToken,
 ) {
+    // The first pass soon after start: a process restarted more often than the interval
+    // (a crash loop, frequent deploys) still honours retention.
+    let mut wait = retention.interval.min(Duration::from_millis(250));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(retention.interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
+        wait = retention.interval;
         if let Err(e) = run_once(store.as_ref(), clock.as_ref(), &retention, &shutdown).await {
             tracing::warn!(error = %e, "maintenance pass failed");
         }
