@@ -64,7 +64,13 @@ impl KeyView {
 }
 
 #[utoipa::path(post, path = "/v1/keys", tag = "admin", request_body = CreateKey,
-    responses((status = 201, body = KeyView), (status = 403, body = Problem)), security(("bearer" = [])))]
+    responses(
+        (status = 201, body = KeyView),
+        (status = 400, description = "Invalid request", body = Problem),
+        (status = 403, description = "Needs an admin key", body = Problem),
+        (status = 409, description = "A key with this name exists", body = Problem),
+    ),
+    security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,7 +188,8 @@ pub struct RotateRequest {
 }
 
 #[utoipa::path(post, path = "/v1/signing-secrets/rotate", tag = "signing", request_body = RotateRequest,
-    responses((status = 200, body = SecretList)), security(("bearer" = [])))]
+    responses((status = 200, body = SecretList), (status = 400, description = "Invalid request", body = Problem)),
+    security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,

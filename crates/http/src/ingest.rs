@@ -132,7 +132,9 @@ pub async fn create(
     responses(
         (status = 202, description = "All durably accepted", body = BatchAccepted),
         (status = 400, description = "At least one invalid item; none accepted. Field paths name the items.", body = Problem),
+        (status = 409, description = "Same Idempotency-Key still in progress", body = Problem),
         (status = 413, description = "Body too large", body = Problem),
+        (status = 422, description = "Idempotency-Key reused with a different body", body = Problem),
         (status = 503, description = "Overloaded; see Retry-After", body = Problem),
     ),
     security(("bearer" = []))

@@ -31,9 +31,61 @@ use crate::AppState;
         crate::health::readyz,
         crate::health::metrics_text,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
+
+/// What every operation shares and the annotations would repeat: errors are
+/// `application/problem+json`, and an operation behind a key can answer 401.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let utoipa::openapi::RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let is_error = status.starts_with('4') || status.starts_with('5');
+                    if let Some(content) = response.content.shift_remove("application/json") {
+                        let media = if is_error {
+                            "application/problem+json"
+                        } else {
+                            "application/json"
+                        };
+                        response.content.insert(media.to_owned(), content);
+                    }
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses
+                        .responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description("Missing, unknown or revoked API key")
+                                .content("application/problem+json", problem())
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
