@@ -153,7 +153,8 @@ impl Deliverer {
             decision = ?step.decision,
             "attempt finished"
         );
-        self.store
+        let waits_here = self
+            .store
             .record_attempt_of(
                 Some(&callback.tenant),
                 &callback.id,
@@ -162,7 +163,8 @@ impl Deliverer {
                 self.clock.now(),
             )
             .await?;
-        if let Decision::RetryAt(at) = step.decision {
+        // Not for a callback handed back to legacy during the attempt: legacy sends it.
+        if let (Decision::RetryAt(at), true) = (step.decision, waits_here) {
             self.enqueue_retry(Due {
                 id,
                 tenant: callback.tenant.clone(),

@@ -27,6 +27,18 @@ pub struct StoreArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Where the migrate commands find fluxcb's records: the embedded store, or the AWS backend's
+/// table (the same settings as `serve --backend aws`).
+#[derive(Args, Clone, Default)]
+pub struct MigrateStoreArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// sqlite (default) or aws: the AWS backend's table, named by FLUXCB_DYNAMODB_TABLE,
+    /// FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL [env: FLUXCB_BACKEND]
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
 #[derive(Args, Clone)]
 pub struct ClientArgs {
     /// The fluxcb server.
@@ -198,7 +210,7 @@ pub enum MigrateCommand {
         #[arg(long, default_value = "human")]
         output: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: MigrateStoreArgs,
     },
     /// Reconcile the legacy table with fluxcb's records: missing and extra callbacks, field
     /// mismatches, the request fluxcb would send against the one legacy would (URL, method,
@@ -233,7 +245,7 @@ pub enum MigrateCommand {
         #[arg(long, default_value = "human")]
         output: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: MigrateStoreArgs,
     },
     /// The rollback: hand every unfinished callback fluxcb owns back to the legacy table
     /// (fenced first, in-flight attempts waited for, written with their ids, schedule and
@@ -253,7 +265,7 @@ pub enum MigrateCommand {
         #[arg(long, default_value = "human")]
         output: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: MigrateStoreArgs,
     },
 }
 

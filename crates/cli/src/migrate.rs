@@ -1,18 +1,71 @@
 //! `fluxcb migrate`: the migration commands (the runbook, docs/migration.md, says when to run
-//! each). They open the store directly, like `keys`, so they work while `serve` runs.
+//! each). They open fluxcb's records directly, like `keys`, so they work while `serve` runs:
+//! the embedded store, or with `--backend aws` (`FLUXCB_BACKEND=aws`) the AWS backend's table,
+//! with the settings `serve --backend aws` uses. Every command takes the store ports, so both
+//! backends run the same code.
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
 use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_core::ports::{CallbackStore, KeyStore, SecretStore};
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_migrate::compare::{compare, CompareOptions};
 use fluxcb_migrate::import::{import, ImportOptions, ImportReport, Progress, Stores};
 use fluxcb_migrate::LegacyDb;
+use fluxcb_store_sqlite::SqliteStore;
 
-use crate::cli::{MigrateCommand, StoreArgs};
-use crate::config::{self, Overrides, Settings};
-use crate::local::open_store;
+use crate::cli::{MigrateCommand, MigrateStoreArgs};
+use crate::config::{self, Backend, Overrides, Settings};
+
+/// fluxcb's records as the migrate commands see them.
+enum Records {
+    Sqlite(SqliteStore),
+    #[cfg(feature = "aws")]
+    Aws(std::sync::Arc<fluxcb_aws::store::DynamoStore>),
+}
+
+impl Records {
+    async fn open(settings: &Settings) -> Result<Self, String> {
+        match settings.backend {
+            Backend::Sqlite => SqliteStore::open(&settings.data_dir)
+                .map(Records::Sqlite)
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "aws")]
+            Backend::Aws => crate::aws_backend::AwsParts::from_env(settings)
+                .await
+                .map(|parts| Records::Aws(parts.store))
+                .map_err(|e| e.to_string()),
+            // `validate` refuses the AWS backend in a build without it.
+            #[cfg(not(feature = "aws"))]
+            Backend::Aws => Err("this build has no AWS backend".into()),
+        }
+    }
+
+    fn callbacks(&self) -> &dyn CallbackStore {
+        match self {
+            Records::Sqlite(s) => s,
+            #[cfg(feature = "aws")]
+            Records::Aws(s) => s.as_ref(),
+        }
+    }
+
+    fn keys(&self) -> &dyn KeyStore {
+        match self {
+            Records::Sqlite(s) => s,
+            #[cfg(feature = "aws")]
+            Records::Aws(s) => s.as_ref(),
+        }
+    }
+
+    fn secrets(&self) -> &dyn SecretStore {
+        match self {
+            Records::Sqlite(s) => s,
+            #[cfg(feature = "aws")]
+            Records::Aws(s) => s.as_ref(),
+        }
+    }
+}
 
 pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String> {
     match cmd {
@@ -22,13 +75,14 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
             output,
             store,
         } => {
-            let store = open_store(file, store)?;
+            let records = Records::open(&settings(file, &store)?).await?;
             let db = LegacyDb::connect(&legacy_db)
                 .await
                 .map_err(|e| e.to_string())?;
-            let report = fluxcb_migrate::export::export(&db, &store, Duration::from_secs(wait))
-                .await
-                .map_err(|e| e.to_string())?;
+            let report =
+                fluxcb_migrate::export::export(&db, records.callbacks(), Duration::from_secs(wait))
+                    .await
+                    .map_err(|e| e.to_string())?;
             match output.as_str() {
                 "json" => println!(
                     "{}",
@@ -67,8 +121,12 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
             output,
             store,
         } => {
-            let defaults = defaults(file, &store)?;
-            let store = open_store(file, store)?;
+            let settings = settings(file, &store)?;
+            let defaults = CallbackDefaults {
+                max_attempts: settings.max_attempts,
+                timeout_ms: settings.timeout_ms,
+            };
+            let records = Records::open(&settings).await?;
             let db = LegacyDb::connect(&legacy_db)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -83,9 +141,9 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
             let report = import(
                 &db,
                 Stores {
-                    callbacks: &store,
-                    keys: &store,
-                    secrets: &store,
+                    callbacks: records.callbacks(),
+                    keys: records.keys(),
+                    secrets: records.secrets(),
                 },
                 &options,
                 &mut |p| bar.update(p),
@@ -130,7 +188,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                         .as_deref()
                         .map(<[u8]>::to_vec)
                 });
-            let store = open_store(file, store)?;
+            let records = Records::open(&settings).await?;
             let db = LegacyDb::connect(&legacy_db)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -143,7 +201,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 resolve_timeout,
             };
             let bar = ProgressLine::new("compare");
-            let report = compare(&db, &store, &options, &mut |p| bar.update(p)).await;
+            let report = compare(&db, records.callbacks(), &options, &mut |p| bar.update(p)).await;
             bar.finish();
             let report = report.map_err(|e| e.to_string())?;
             match output.as_str() {
@@ -168,24 +226,17 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
     }
 }
 
-/// The configuration as `serve` would see it (file, `FLUXCB_*`, --data-dir).
-fn settings(file: Option<&Path>, store: &StoreArgs) -> Result<Settings, String> {
+/// The configuration as `serve` would see it (file, `FLUXCB_*`, --data-dir, --backend).
+fn settings(file: Option<&Path>, store: &MigrateStoreArgs) -> Result<Settings, String> {
     config::load(
         file,
         Overrides {
-            data_dir: store.data_dir.clone(),
+            data_dir: store.store.data_dir.clone(),
+            backend: store.backend.clone(),
             ..Overrides::default()
         },
     )?
     .validate()
-}
-
-fn defaults(file: Option<&Path>, store: &StoreArgs) -> Result<CallbackDefaults, String> {
-    let settings = settings(file, store)?;
-    Ok(CallbackDefaults {
-        max_attempts: settings.max_attempts,
-        timeout_ms: settings.timeout_ms,
-    })
 }
 
 /// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise

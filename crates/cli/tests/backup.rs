@@ -37,9 +37,8 @@ async fn run_backup(data_dir: &Path, out: &Path, cwd: &Path) -> Output {
 /// Serves a restored data directory the way `spawn_app` serves a fresh one, with the key the
 /// caller already holds: a restored store must not need (or make) a new one.
 async fn serve_restored(data_dir: tempfile::TempDir, key: String) -> TestApp {
-    let settings = test_config(data_dir.path())
-        .validate()
-        .expect("valid config");
+    let config = test_config(data_dir.path());
+    let settings = config.validate().expect("valid config");
     let app = App::build(&settings).await.expect("restored store opens");
     assert!(
         app.generated_admin_key.is_none(),
@@ -55,6 +54,7 @@ async fn serve_restored(data_dir: tempfile::TempDir, key: String) -> TestApp {
         data_dir,
         shutdown,
         server,
+        config,
     }
 }
 

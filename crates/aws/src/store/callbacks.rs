@@ -172,6 +172,7 @@ impl CallbackStore for DynamoStore {
     ) -> Result<(), StoreError> {
         self.record_attempt_of(None, id, attempt, decision, now)
             .await
+            .map(|_| ())
     }
 
     async fn defer(&self, items: Vec<(CallbackId, DateTime<Utc>)>) -> Result<(), StoreError> {
@@ -190,8 +191,11 @@ impl CallbackStore for DynamoStore {
                      due_pk = :due_pk, due_sk = :due_sk, enqueued_at = :now, updated_at = :now \
                      REMOVE lease_until",
                 )
-                .condition_expression("#st = :delivering")
+                // One handed back to legacy meanwhile stays in flight until its lease ends;
+                // the sweeper then recovers it outside the `due` index.
+                .condition_expression("#st = :delivering AND attribute_not_exists(#ow)")
                 .expression_attribute_names("#st", "status")
+                .expression_attribute_names("#ow", "owner")
                 .expression_attribute_values(":pending", s(Status::Pending.as_str()))
                 .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
                 .expression_attribute_values(":ts", s(tenant_status(&cb.tenant, Status::Pending)))
@@ -366,6 +370,18 @@ impl CallbackStore for DynamoStore {
 
     async fn advance_legacy_ids_past(&self, id: i64) -> Result<(), StoreError> {
         self.advance_legacy_ids(id).await
+    }
+
+    async fn fence_for_handback(&self, now: DateTime<Utc>) -> Result<Vec<Callback>, StoreError> {
+        self.handback_fence(now).await
+    }
+
+    async fn mark_handed_back(
+        &self,
+        id: &CallbackId,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.handback_done(id, detail).await
     }
 
     async fn record_event(

@@ -305,7 +305,7 @@ impl DynamoStore {
     }
 
     /// Callback items by partition key, in the order asked; missing and expired ones left out.
-    async fn batch_get_callbacks(
+    pub(super) async fn batch_get_callbacks(
         &self,
         pks: &[String],
         consistent: bool,

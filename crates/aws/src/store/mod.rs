@@ -14,6 +14,7 @@
 //! | legacy id counter | `sequence#legacy_id` | `sequence` |
 //! | legacy id pointer (names the callback) | `legacy#<legacy id>` | `legacy` |
 //! | `external_id` guard (names the callback) | `external#<tenant>#<external_id>` | `external` |
+//! | awaiting hand-back to legacy (names the callback) | `handback` | `<callback id>` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
@@ -23,6 +24,7 @@
 //! legacy id first, with its total count.
 mod admin;
 mod callbacks;
+mod handback;
 mod import;
 mod ingest;
 mod items;

@@ -150,15 +150,21 @@ impl DynamoStore {
                 )),
             )
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
             .expression_attribute_values(":now", n(ms(now)))
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))
             .expression_attribute_values(":scheduled", s(Status::Scheduled.as_str()));
+        // Never for a callback handed back to legacy (`owner` set): it is not due here.
         update = match candidate.enqueued_at {
             Some(previous) => update
-                .condition_expression("#st IN (:pending, :scheduled) AND enqueued_at = :prev")
+                .condition_expression(
+                    "#st IN (:pending, :scheduled) AND enqueued_at = :prev \
+                     AND attribute_not_exists(#ow)",
+                )
                 .expression_attribute_values(":prev", AttributeValue::N(previous.to_string())),
             None => update.condition_expression(
-                "#st IN (:pending, :scheduled) AND attribute_not_exists(enqueued_at)",
+                "#st IN (:pending, :scheduled) AND attribute_not_exists(enqueued_at) \
+                 AND attribute_not_exists(#ow)",
             ),
         };
         match update.send().await {

@@ -4,7 +4,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
-use fluxcb_core::callback::Callback;
+use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::StoreError;
@@ -17,9 +17,7 @@ use super::items::{
     attempt_item, callback_from_item, callback_pk, due_shard, due_sort_key, event_item, ms, n, s,
     sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
 };
-use super::{
-    cancellation_codes, is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY,
-};
+use super::{is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY};
 
 impl DynamoStore {
     /// [`fluxcb_core::ports::CallbackStore::claim`], with the callback's tenant when the caller knows it (the
@@ -81,7 +79,10 @@ impl DynamoStore {
     }
 
     /// [`fluxcb_core::ports::CallbackStore::record_attempt`], with the tenant when the caller knows it (the worker
-    /// that claimed the callback does), which saves a read.
+    /// that claimed the callback does), which saves a read. `Ok(true)` when the callback now
+    /// waits here for another attempt (a retry: the caller sends its message), `Ok(false)`
+    /// when it finished, or was handed back to legacy during the attempt (a retry then stays
+    /// legacy's: no `due` entry, no message), or was no longer in flight.
     pub async fn record_attempt_of(
         &self,
         tenant: Option<&TenantId>,
@@ -89,7 +90,86 @@ impl DynamoStore {
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let tenant = match tenant {
+            Some(t) => Some(t.clone()),
+            None => self.load(id).await?.map(|cb| cb.tenant),
+        };
+        let retry = matches!(decision, Decision::RetryAt(_));
+        if self
+            .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Fluxcb)
+            .await?
+        {
+            return Ok(retry);
+        }
+        // A retry is conditioned on fluxcb still owning the callback. If the rollback's fence
+        // made it a mirror during the attempt, record the attempt without making it due.
+        if retry {
+            let fenced = self
+                .load(id)
+                .await?
+                .is_some_and(|cb| cb.status == Status::Delivering && cb.owner == Owner::Legacy);
+            if fenced
+                && self
+                    .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Legacy)
+                    .await?
+            {
+                return Ok(false);
+            }
+        }
+        tracing::warn!(
+            callback_id = %id,
+            "attempt finished for a callback no longer in flight"
+        );
+        // The attempt still happened: keep it in the audit trail.
+        let record = self.attempt_record(&attempt, decision, now, None);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(attempt_item(id, &record)))
+            .send()
+            .await
+            .map_err(|e| store_error("recording an attempt", e))?;
+        Ok(false)
+    }
+
+    fn attempt_record<'a>(
+        &self,
+        attempt: &'a Attempt,
+        decision: Decision,
+        now: DateTime<Utc>,
+        to_status: Option<Status>,
+    ) -> AttemptRecord<'a> {
+        AttemptRecord {
+            attempt,
+            recorded_at: now,
+            to_status,
+            next_attempt_at: match decision {
+                Decision::RetryAt(at) => Some(at),
+                _ => None,
+            },
+            dead_letter_reason: match decision {
+                Decision::DeadLetter(r) => Some(r.as_str()),
+                _ => None,
+            },
+            // Attempts outlive their callback's own retention by the longest retry wait.
+            expires_at: self.finished_expiry(now) + 2 * 86_400,
+        }
+    }
+
+    /// The attempt and the transition it calls for, in one transaction conditioned on the
+    /// callback being in flight. For a retry, also on who owns it: `owner` fluxcb makes it due
+    /// again, `owner` legacy (handed back mid-attempt) leaves it pending outside the `due` index.
+    /// `false` when that condition failed.
+    async fn write_attempt(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &CallbackId,
+        attempt: &Attempt,
+        decision: Decision,
+        now: DateTime<Utc>,
+        owner: Owner,
+    ) -> Result<bool, StoreError> {
         let (transition, next_at) = match decision {
             Decision::Delivered => (Transition::Succeed, None),
             Decision::RetryAt(at) => (Transition::Reschedule, Some(at)),
@@ -101,10 +181,6 @@ impl DynamoStore {
             (Some(code), None) => Some(code.to_string()),
             _ => None,
         };
-        let tenant = match tenant {
-            Some(t) => Some(t.clone()),
-            None => self.load(id).await?.map(|cb| cb.tenant),
-        };
         let mut set = vec!["#st = :to", "attempts_made = :n", "updated_at = :now"];
         let mut remove = vec!["lease_until"];
         let mut values: Vec<(&str, AttributeValue)> = vec![
@@ -113,7 +189,7 @@ impl DynamoStore {
             (":now", n(ms(now))),
             (":delivering", s(Status::Delivering.as_str())),
         ];
-        if let Some(t) = &tenant {
+        if let Some(t) = tenant {
             set.push("tenant_status = :ts");
             values.push((":ts", s(tenant_status(t, to))));
         }
@@ -128,8 +204,10 @@ impl DynamoStore {
             }
             None => remove.push("last_status_code"),
         }
-        match next_at {
-            Some(at) => {
+        let mut condition = "#st = :delivering";
+        match (next_at, owner) {
+            (Some(at), Owner::Fluxcb) => {
+                condition = "#st = :delivering AND attribute_not_exists(#ow)";
                 set.extend([
                     "next_attempt_at = :next",
                     "due_pk = :due_pk",
@@ -149,7 +227,13 @@ impl DynamoStore {
                     remove.push("enqueued_at");
                 }
             }
-            None => {
+            // Handed back to legacy: waiting, but legacy's to send.
+            (Some(_), Owner::Legacy) => {
+                condition = "#st = :delivering AND #ow = :legacy";
+                values.push((":legacy", s(Owner::Legacy.as_str())));
+                remove.extend(["next_attempt_at", "due_pk", "due_sk", "enqueued_at"]);
+            }
+            (None, _) => {
                 set.push("expires_at = :exp");
                 values.push((":exp", n(self.finished_expiry(now))));
                 remove.extend(["next_attempt_at", "due_pk", "due_sk", "enqueued_at"]);
@@ -164,58 +248,23 @@ impl DynamoStore {
                 set.join(", "),
                 remove.join(", ")
             ))
-            .condition_expression("#st = :delivering")
+            .condition_expression(condition)
             .expression_attribute_names("#st", "status");
+        if next_at.is_some() {
+            update = update.expression_attribute_names("#ow", "owner");
+        }
         for (k, v) in values {
             update = update.expression_attribute_values(k, v);
         }
-        let record = |to_status| AttemptRecord {
-            attempt: &attempt,
-            recorded_at: now,
-            to_status,
-            next_attempt_at: next_at,
-            dead_letter_reason: match decision {
-                Decision::DeadLetter(r) => Some(r.as_str()),
-                _ => None,
-            },
-            // Attempts outlive their callback's own retention by the longest retry wait.
-            expires_at: self.finished_expiry(now) + 2 * 86_400,
-        };
+        let record = self.attempt_record(attempt, decision, now, Some(to));
         let actions = vec![
             TransactWriteItem::builder()
                 .update(update.build().map_err(build_err)?)
                 .build(),
-            self.put(attempt_item(id, &record(Some(to))), None)?,
+            self.put(attempt_item(id, &record), None)?,
         ];
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
+        self.transact_if_current(actions, "recording an attempt")
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes)
-                    if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
-                {
-                    tracing::warn!(
-                        callback_id = %id,
-                        "attempt finished for a callback no longer in flight"
-                    );
-                    // The attempt still happened: keep it in the audit trail.
-                    self.client
-                        .put_item()
-                        .table_name(&self.table)
-                        .set_item(Some(attempt_item(id, &record(None))))
-                        .send()
-                        .await
-                        .map_err(|e| store_error("recording an attempt", e))?;
-                    Ok(())
-                }
-                _ => Err(store_error("recording an attempt", e)),
-            },
-        }
     }
 
     pub(super) async fn mark_complete(&self, idem_pk: &str) -> Result<(), StoreError> {
@@ -232,10 +281,30 @@ impl DynamoStore {
             .map_err(|e| store_error("completing a batch", e))
     }
 
-    /// Returns one callback whose lease ended to pending, with a `recovered` event.
+    /// Returns one callback whose lease ended to pending, with a `recovered` event. One handed
+    /// back to legacy during the attempt (`owner` legacy) goes to pending outside the `due`
+    /// index: it is legacy's to send. `cb` may trail the table (it comes from the index): when
+    /// the owner it shows has changed, the callback is read again.
     pub(crate) async fn recover(
         &self,
         cb: &Callback,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if self.recover_as(cb, cb.owner, now).await? {
+            return Ok(true);
+        }
+        match self.load(&cb.id).await? {
+            Some(current) if current.status == Status::Delivering && current.owner != cb.owner => {
+                self.recover_as(cb, current.owner, now).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn recover_as(
+        &self,
+        cb: &Callback,
+        owner: Owner,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let at = Utc::now();
@@ -243,23 +312,36 @@ impl DynamoStore {
             .table_name(&self.table)
             .key("pk", s(callback_pk(&cb.id)))
             .key("sk", s(CALLBACK_SK))
-            .update_expression(
-                "SET #st = :pending, tenant_status = :ts, next_attempt_at = :at, \
-                 due_sk = :due_sk, updated_at = :at REMOVE lease_until, enqueued_at",
-            )
-            .condition_expression("#st = :delivering AND lease_until < :now")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))
             .expression_attribute_values(":delivering", s(Status::Delivering.as_str()))
             .expression_attribute_values(":ts", s(tenant_status(&cb.tenant, Status::Pending)))
             .expression_attribute_values(":at", n(ms(at)))
-            .expression_attribute_values(
-                ":due_sk",
-                s(due_sort_key(sweep_at(at, None, self.sweep_grace), &cb.id)),
-            )
-            .expression_attribute_values(":now", n(ms(now)))
-            .build()
-            .map_err(build_err)?;
+            .expression_attribute_values(":now", n(ms(now)));
+        let update = match owner {
+            Owner::Fluxcb => update
+                .update_expression(
+                    "SET #st = :pending, tenant_status = :ts, next_attempt_at = :at, \
+                     due_sk = :due_sk, updated_at = :at REMOVE lease_until, enqueued_at",
+                )
+                .condition_expression(
+                    "#st = :delivering AND lease_until < :now AND attribute_not_exists(#ow)",
+                )
+                .expression_attribute_values(
+                    ":due_sk",
+                    s(due_sort_key(sweep_at(at, None, self.sweep_grace), &cb.id)),
+                ),
+            Owner::Legacy => update
+                .update_expression(
+                    "SET #st = :pending, tenant_status = :ts, updated_at = :at \
+                     REMOVE lease_until, enqueued_at, next_attempt_at, due_pk, due_sk",
+                )
+                .condition_expression("#st = :delivering AND lease_until < :now AND #ow = :legacy")
+                .expression_attribute_values(":legacy", s(Owner::Legacy.as_str())),
+        }
+        .build()
+        .map_err(build_err)?;
         let event = event_item(
             &cb.id,
             at,

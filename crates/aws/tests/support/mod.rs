@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Duration, Utc};
+use fluxcb_aws::queue::SqsQueue;
 use fluxcb_aws::store::{DynamoStore, StoreRetention};
 use fluxcb_aws::AwsClients;
 use fluxcb_core::callback::{Callback, CallbackDefaults, NewCallback, Owner, WireFormat};
@@ -25,6 +26,17 @@ pub async fn store() -> Option<DynamoStore> {
 }
 
 pub async fn store_with(retention: StoreRetention) -> Option<DynamoStore> {
+    store_and_queue_with(retention)
+        .await
+        .map(|(store, _)| store)
+}
+
+/// A store and the work queue made with it (fresh ones), for tests that watch messages.
+pub async fn store_and_queue() -> Option<(DynamoStore, SqsQueue)> {
+    store_and_queue_with(StoreRetention::default()).await
+}
+
+async fn store_and_queue_with(retention: StoreRetention) -> Option<(DynamoStore, SqsQueue)> {
     moto::endpoint()?;
     let clients = AwsClients::from_env().await;
     let prefix = format!(
@@ -34,10 +46,12 @@ pub async fn store_with(retention: StoreRetention) -> Option<DynamoStore> {
     let resources = fluxcb_aws::bootstrap::bootstrap(&clients, &prefix)
         .await
         .expect("bootstrap against moto");
-    Some(
+    let queue = SqsQueue::new(clients.sqs.clone(), resources.queue_url, resources.dlq_url);
+    Some((
         DynamoStore::new(clients.dynamodb.clone(), resources.table, retention)
             .with_sweep_grace(chrono::TimeDelta::seconds(3)),
-    )
+        queue,
+    ))
 }
 
 /// A second handle on the same table, with other retention settings.

@@ -28,6 +28,8 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// What the app was built with (its backend, table and queues on AWS).
+    pub config: Config,
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -69,6 +71,7 @@ pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> 
     }
     customize(&mut config);
     let settings = config.validate().expect("test config is valid");
+    let built_with = config.clone();
     let app = App::build(&settings).await.expect("app builds");
     let addr = app.local_addr();
     let key = app
@@ -85,6 +88,7 @@ pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> 
         data_dir,
         shutdown,
         server,
+        config: built_with,
     })
 }
 
@@ -110,6 +114,37 @@ pub async fn fresh_aws_resources(config: &mut Config) {
 }
 
 impl TestApp {
+    /// `fluxcb <args>` as a child process on this app's records, as an operator runs the
+    /// commands that open the store directly (`migrate …`): `--data-dir` on the embedded
+    /// store; on AWS `--backend aws` with the app's table and queues and the emulator's
+    /// endpoint and credentials ([`fluxcb_command`] inherits no `FLUXCB_*` variable).
+    pub fn store_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = fluxcb_command(self.data_dir.path());
+        cmd.args(args);
+        if self.config.backend == "aws" {
+            cmd.args(["--backend", "aws"])
+                .env("FLUXCB_DYNAMODB_TABLE", &self.config.dynamodb_table)
+                .env("FLUXCB_SQS_QUEUE_URL", &self.config.sqs_queue_url)
+                .env("FLUXCB_SQS_DLQ_URL", &self.config.sqs_dlq_url)
+                // Every writer of the table must agree on it (it is part of the `due` keys).
+                .env("FLUXCB_SWEEP_GRACE", &self.config.sweep_grace);
+            for var in [
+                "AWS_ENDPOINT_URL",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_REGION",
+                "AWS_EC2_METADATA_DISABLED",
+            ] {
+                if let Ok(value) = std::env::var(var) {
+                    cmd.env(var, value);
+                }
+            }
+        } else {
+            cmd.arg("--data-dir").arg(self.data_dir.path());
+        }
+        cmd
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
