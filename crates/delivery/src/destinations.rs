@@ -190,16 +190,24 @@ impl Destinations {
             }
             Verdict::Unhealthy => {
                 st.consecutive_failures += 1;
-                if was_probe || st.consecutive_failures >= self.limits.failure_threshold {
+                // Attempts that were already on the wire when the circuit opened keep failing
+                // after it: they must not each open it again, or one burst of concurrent
+                // failures would push the wait to its maximum at once. Only an opening (from
+                // closed, or a failed probe) counts and lengthens the next wait.
+                let already_open = st.open_until.is_some_and(|u| u > now);
+                let opens = if was_probe {
+                    true
+                } else {
+                    !already_open && st.consecutive_failures >= self.limits.failure_threshold
+                };
+                if opens {
                     let factor = 2u32.saturating_pow(st.openings.min(16));
                     let open_for = self
                         .limits
                         .open_for
                         .saturating_mul(factor)
                         .min(self.limits.max_open_for);
-                    if st.open_until.is_none_or(|u| u <= now) {
-                        tracing::warn!(destination = %dest, ?open_for, "circuit opened");
-                    }
+                    tracing::warn!(destination = %dest, ?open_for, "circuit opened");
                     st.open_until = Some(now + open_for);
                     st.openings += 1;
                 }
@@ -281,6 +289,25 @@ mod tests {
         d.try_enter(&dest(), t2).unwrap();
         d.finish(&dest(), Verdict::Healthy, t2);
         assert!(d.try_enter(&dest(), t2).is_ok());
+    }
+
+    /// Found by the network-fault test: 64 attempts in flight when the network went away all
+    /// failed after the breaker had opened, and each one used to reopen it for twice as long,
+    /// so one outage pushed the wait to its five-minute maximum.
+    #[test]
+    fn a_burst_of_failures_in_flight_opens_the_breaker_once() {
+        let d = Destinations::new(DestinationLimits::default());
+        let t0 = Instant::now();
+        for _ in 0..64 {
+            d.try_enter(&dest(), t0).unwrap();
+        }
+        for _ in 0..64 {
+            d.finish(&dest(), Verdict::Unhealthy, t0);
+        }
+        assert_eq!(
+            d.try_enter(&dest(), t0).unwrap_err(),
+            t0 + DestinationLimits::default().open_for
+        );
     }
 
     #[test]
