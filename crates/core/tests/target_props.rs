@@ -57,7 +57,11 @@ fn blocked_v4() -> impl Strategy<Value = Ipv4Addr> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    #![proptest_config(ProptestConfig {
+        cases: 2_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn wrapping_an_ipv4_address_never_changes_the_verdict(raw in any::<u32>()) {
