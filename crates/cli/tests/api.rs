@@ -7,3 +7,4 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 
 include!("cases/api_cases.rs");
 include!("cases/legacy_cases.rs");
+include!("cases/isolation_cases.rs");
