@@ -72,6 +72,24 @@ pub(crate) fn with_destinations(
     })
 }
 
+/// The console's live view of the delivery engine's destinations.
+fn destination_health(
+    destinations: Arc<Destinations>,
+) -> fluxcb_http::console::DestinationHealthFn {
+    Arc::new(move || {
+        destinations
+            .health(std::time::Instant::now())
+            .into_iter()
+            .map(|d| fluxcb_http::console::DestinationLoad {
+                destination: d.destination,
+                in_flight: d.in_flight,
+                consecutive_failures: d.consecutive_failures,
+                circuit_open: d.circuit_open,
+            })
+            .collect()
+    })
+}
+
 /// The embedded store is its own queue: a notification only wakes the dispatcher early.
 struct WakeDispatcher(Arc<Notify>);
 
@@ -193,6 +211,8 @@ pub fn api_state(
         send_now: legacy.send_now,
         legacy_upstream: legacy.upstream,
         migration: MigrationControl::new(settings.migration),
+        legacy_receiver_formats: settings.legacy_receiver_formats.clone(),
+        console: Default::default(),
     })
 }
 
@@ -219,6 +239,10 @@ impl App {
                 let metrics = with_destinations(prometheus(), engine.destinations());
                 let legacy = parts.legacy_parts(settings).await?;
                 let state = parts.api_state(settings, Some(metrics), legacy);
+                let _ = state
+                    .console
+                    .destination_health
+                    .set(destination_health(engine.destinations()));
                 (state, Engine::Aws(engine), generated)
             }
             #[cfg(not(feature = "aws"))]
@@ -303,9 +327,13 @@ impl App {
             store_arc,
             Arc::new(WakeDispatcher(wake)),
             clock.clone(),
-            Some(with_destinations(prometheus(), destinations)),
+            Some(with_destinations(prometheus(), destinations.clone())),
             legacy,
         );
+        let _ = state
+            .console
+            .destination_health
+            .set(destination_health(destinations));
         let engine = Engine::Local(LocalEngine {
             dispatcher,
             store,
@@ -338,9 +366,13 @@ impl App {
             Engine::Aws(aws) => tokio::spawn(aws.run(shutdown.clone())),
         };
         let token = shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        // The peer address counts failed console logins per client.
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
         shutdown.cancel();
         let _ = workers.await;
         served

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use fluxcb_core::callback::{Destination, WireFormat};
 use fluxcb_core::migration::{MigrationMode, MigrationState};
 use fluxcb_core::retry::{parse_schedule, RetryPolicy};
 use fluxcb_core::signing::SigningSecret;
@@ -42,6 +43,10 @@ pub struct Config {
     pub migration_mode: String,
     /// 0–100: the share of new legacy-API callbacks fluxcb takes in split mode.
     pub cutover_percent: u8,
+    /// Receivers ready for the new format: `origin=format` pairs (`https://a.example.com=both,
+    /// https://b.example.com:8443=standard_webhooks`) for callbacks created through the legacy
+    /// API, which otherwise use the legacy format.
+    pub legacy_receiver_formats: String,
     pub allow_private_targets: String,
     pub retry_schedule: String,
     pub max_attempts: u32,
@@ -81,6 +86,7 @@ impl Default for Config {
             legacy_send_upstream: None,
             migration_mode: "off".into(),
             cutover_percent: 0,
+            legacy_receiver_formats: String::new(),
             allow_private_targets: String::new(),
             retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
             max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
@@ -115,6 +121,7 @@ const ENV_KEYS: &[&str] = &[
     "legacy_send_upstream",
     "migration_mode",
     "cutover_percent",
+    "legacy_receiver_formats",
     "allow_private_targets",
     "retry_schedule",
     "max_attempts",
@@ -187,6 +194,7 @@ pub struct Settings {
     pub legacy_upstream: Option<Url>,
     pub legacy_send_upstream: Option<Url>,
     pub migration: MigrationState,
+    pub legacy_receiver_formats: Vec<(Destination, WireFormat)>,
     pub allow_private_targets: Vec<IpNet>,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
@@ -399,6 +407,13 @@ impl Config {
             .parse::<MigrationMode>()
             .map_err(|e| errors.push(format!("migration_mode (FLUXCB_MIGRATION_MODE): {e}")))
             .unwrap_or_default();
+        let legacy_receiver_formats = parse_receiver_formats(&self.legacy_receiver_formats)
+            .unwrap_or_else(|e| {
+                errors.push(format!(
+                    "legacy_receiver_formats (FLUXCB_LEGACY_RECEIVER_FORMATS): {e}"
+                ));
+                Vec::new()
+            });
         if self.cutover_percent > 100 {
             errors.push("cutover_percent (FLUXCB_CUTOVER_PERCENT): must be 0 to 100".into());
         }
@@ -438,6 +453,7 @@ impl Config {
                 cutover_percent: self.cutover_percent,
                 updated_at: chrono::DateTime::UNIX_EPOCH,
             },
+            legacy_receiver_formats,
             allow_private_targets: allow.expect("checked"),
             retry: RetryPolicy {
                 schedule: schedule.expect("checked"),
@@ -458,6 +474,25 @@ impl Config {
             aws,
         })
     }
+}
+
+/// `origin=format, origin=format`; an origin is scheme, host and optional port.
+fn parse_receiver_formats(raw: &str) -> Result<Vec<(Destination, WireFormat)>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (origin, format) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?} is not origin=format"))?;
+            let url = Url::parse(origin.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .ok_or_else(|| format!("{origin:?} is not an http(s) origin"))?;
+            let format: WireFormat = format.trim().parse()?;
+            Ok((Destination::of(&url), format))
+        })
+        .collect()
 }
 
 fn require(errors: &mut Vec<String>, ok: bool, msg: String) {

@@ -7,6 +7,7 @@
 mod admin;
 pub mod auth;
 mod callbacks;
+pub mod console;
 pub mod dto;
 pub mod error;
 mod extract;
@@ -15,6 +16,7 @@ mod ingest;
 pub mod legacy_api;
 mod migration;
 pub mod openapi;
+mod stats;
 
 use std::sync::Arc;
 
@@ -75,6 +77,14 @@ pub struct AppParts {
     pub legacy_upstream: Option<Arc<dyn legacy_api::LegacyUpstream>>,
     /// The migration switch as this node sees it.
     pub migration: legacy_api::MigrationControl,
+    /// Receivers moved off the legacy format: callbacks created through the legacy API for
+    /// these destinations use the given format instead (`legacy_receiver_formats`).
+    pub legacy_receiver_formats: Vec<(
+        fluxcb_core::callback::Destination,
+        fluxcb_core::callback::WireFormat,
+    )>,
+    /// The console's sessions, failed-login counts and view of the delivery engine.
+    pub console: console::ConsoleState,
 }
 
 impl std::ops::Deref for AppState {
@@ -105,6 +115,8 @@ pub fn router(state: AppState) -> Router {
         .merge(callbacks::router())
         .merge(admin::router())
         .merge(migration::router())
+        .merge(stats::router())
+        .merge(console::router())
         .merge(openapi::router())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.body_bytes,

@@ -223,4 +223,46 @@ mod legacy {
         assert_eq!(status, 409);
         c.app.stop().await;
     }
+
+    /// A receiver ready for the new format is moved by configuration: callbacks created through
+    /// the legacy API for it carry both sets of headers, the others stay in the legacy format.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_moved_to_the_new_format_gets_both_headers() {
+        let moved = TestReceiver::start().await;
+        let kept = TestReceiver::start().await;
+        let origin = moved.url("");
+        let Some(app) = spawn_on(BACKEND, move |c| {
+            c.legacy_signing_secret = Some("legacy-secret".into());
+            c.legacy_receiver_formats = format!("{}=both", origin.trim_end_matches('/'));
+        })
+        .await
+        else {
+            return;
+        };
+        let key: Value = app
+            .post("/v1/keys", &json!({"name": "legacy-mover", "tenant": "legacy"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let token = key["key"].as_str().unwrap().to_owned();
+        for rx in [&moved, &kept] {
+            let r = app
+                .http
+                .post(app.url("/api/callbacks/"))
+                .header("authorization", format!("Token {token}"))
+                .json(&json!({"url": rx.url("/ok/format"), "payload": {"a": 1}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let got = moved.wait_for("/ok/format", 1, Duration::from_secs(20)).await;
+        assert!(got[0].header("x-flux-signature").is_some());
+        assert!(got[0].header("webhook-signature").is_some(), "moved: both formats");
+        let got = kept.wait_for("/ok/format", 1, Duration::from_secs(20)).await;
+        assert!(got[0].header("x-flux-signature").is_some());
+        assert!(got[0].header("webhook-id").is_none(), "not moved: legacy only");
+        app.stop().await;
+    }
 }

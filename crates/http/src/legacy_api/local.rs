@@ -201,6 +201,14 @@ pub(super) async fn accept(
     // Stores keep milliseconds; the answer must show what a later read will.
     let now = chrono::SubsecRound::trunc_subsecs(state.clock.now(), 3);
     let mut spec = create.spec();
+    let destination = fluxcb_core::callback::Destination::of(&spec.url);
+    if let Some((_, format)) = state
+        .legacy_receiver_formats
+        .iter()
+        .find(|(d, _)| *d == destination)
+    {
+        spec.wire_format = *format;
+    }
     if state.legacy_secret.is_none() {
         // Without the legacy secret there is nothing to sign the legacy way with; receivers
         // get Standard Webhooks headers (the runbook has the secret set before cutover).
