@@ -63,6 +63,8 @@ async fn the_api_answers_as_its_openapi_document_says() {
             .args(["--exclude-method", "DELETE"])
             .arg("--report-dir")
             .arg(report.path())
+            // It keeps a cache (`.schemathesis/`) in its working directory.
+            .current_dir(report.path())
             .env("NO_COLOR", "1")
             .output()
             .expect("run schemathesis")
