@@ -5,6 +5,7 @@
 //! target/release/fluxcb-bench all              # ceiling, ingest, ingest-batch, deliver, end-to-end
 //! target/release/fluxcb-bench all --scale      # ... and memory with 1,000,000 callbacks
 //! target/release/fluxcb-bench ingest --connections 32 --duration 20
+//! target/release/fluxcb-bench console          # console page times with 1,000,000 callbacks
 //! ```
 //!
 //! Everything runs on loopback and is started and stopped by the bench: a `fluxcb serve` per
@@ -14,6 +15,7 @@
 //! all of them, as the goals require. See docs/benchmarks.md for how to read the output.
 mod api;
 mod clock;
+mod console;
 mod httpd;
 mod load;
 mod procs;
@@ -46,6 +48,8 @@ enum Scenario {
     EndToEnd,
     /// Resident memory and disk with --memory-count callbacks queued.
     Memory,
+    /// The console's pages and data calls with --console-count callbacks stored (runs alone).
+    Console,
 }
 
 #[derive(Parser)]
@@ -105,6 +109,12 @@ struct Cli {
     /// Callbacks queued by `memory`.
     #[arg(long, default_value_t = 1_000_000)]
     memory_count: u64,
+    /// Callbacks stored by `console` (direct SQLite inserts).
+    #[arg(long, default_value_t = 1_000_000)]
+    console_count: u64,
+    /// Timed repetitions of each request in `console`.
+    #[arg(long, default_value_t = 20)]
+    console_runs: usize,
     /// With `all`: also run `memory` (takes a minute or more).
     #[arg(long)]
     scale: bool,
@@ -214,6 +224,19 @@ async fn run(cli: &Cli) -> Result<(), String> {
     if !(1..=1000).contains(&cli.batch_size) {
         return Err("--batch-size must be 1 to 1000".into());
     }
+    if cli.scenarios.contains(&Scenario::Console) {
+        if cli.scenarios.len() > 1 {
+            return Err("`console` runs alone".into());
+        }
+        let bin = cli.fluxcb_bin.clone().unwrap_or_else(|| sibling("fluxcb"));
+        return console::run(&console::ConsoleOpts {
+            fluxcb_bin: &bin,
+            count: cli.console_count.max(1),
+            runs: cli.console_runs.max(1),
+            server_env: &cli.server_env,
+        })
+        .await;
+    }
     let opts = Opts {
         fluxcb_bin: cli.fluxcb_bin.clone().unwrap_or_else(|| sibling("fluxcb")),
         duration: Duration::from_secs(cli.duration.max(1)),
@@ -259,6 +282,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 Scenario::EndToEnd => vec![scenarios::end_to_end(&opts, rep).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
                 Scenario::All => unreachable!("expanded by plan()"),
+                Scenario::Console => unreachable!("runs alone, before the plan"),
             };
             for r in &produced {
                 eprint!("{}", report::table(std::slice::from_ref(r)));

@@ -45,6 +45,21 @@ impl Proc {
         }
     }
 
+    /// Stops the server and hands back its directory (the data directory inside it).
+    pub async fn stop_keeping(mut self) -> tempfile::TempDir {
+        // SAFETY: as in `stop`.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        self.dir
+    }
+
     /// Warnings and errors the server logged, and the last of them: a run that looks fine
     /// from outside may still have logged a store error or a full write queue.
     pub fn log_problems(&self) -> (usize, Option<String>) {
@@ -114,6 +129,15 @@ pub async fn start_fluxcb(bin: &Path, extra_env: &[(String, String)]) -> Result<
         .prefix("fluxcb-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    start_fluxcb_in(bin, extra_env, dir).await
+}
+
+/// `fluxcb serve` on the data directory in `dir` (kept from an earlier [`Proc::stop_keeping`]).
+pub async fn start_fluxcb_in(
+    bin: &Path,
+    extra_env: &[(String, String)],
+    dir: tempfile::TempDir,
+) -> Result<Proc, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let (mut cmd, log) = prepared(bin, dir.path())?;
     cmd.arg("serve")

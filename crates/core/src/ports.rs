@@ -109,6 +109,73 @@ pub struct LegacyPage {
     pub items: Vec<Callback>,
 }
 
+/// What the console's overview asks for: traffic in `[since, until)` in buckets of `bucket`.
+#[derive(Clone, Debug)]
+pub struct StatsRequest {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub bucket: Duration,
+    /// Admin only: narrow to one tenant (a tenant scope narrows anyway).
+    pub tenant: Option<TenantId>,
+}
+
+/// One bucket of [`DeliveryStats`]: callbacks accepted (created) and attempts that started in
+/// `[start, start + bucket)`, by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsBucket {
+    pub start: DateTime<Utc>,
+    pub accepted: u64,
+    /// Attempts that got a 2xx.
+    pub delivered: u64,
+    /// Attempts that did not (whatever followed: a retry or a dead letter).
+    pub failed: u64,
+    /// Failed attempts after which the callback was dead-lettered.
+    pub dead_lettered: u64,
+}
+
+/// Attempt duration percentiles over a window (nearest rank), in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyPercentiles {
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Attempts to one host (the target URL's host name) over a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DestinationStats {
+    pub host: String,
+    pub attempts: u64,
+    pub failed: u64,
+    pub avg_ms: f64,
+    pub max_ms: u64,
+}
+
+/// Traffic over a window, for the console's overview and destinations pages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryStats {
+    /// Every bucket of the window, oldest first, empty ones included.
+    pub buckets: Vec<StatsBucket>,
+    /// `None` when no attempt started in the window.
+    pub latency: Option<LatencyPercentiles>,
+    /// Callbacks dead-lettered now (status `failed`), whenever they failed.
+    pub dead_letters: u64,
+    /// Every host attempted in the window, most attempted first.
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// Dead letters sharing a host and an error code (the code of their last error, or
+/// `unknown`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterGroup {
+    pub host: String,
+    pub error: String,
+    pub count: u64,
+    /// When the newest of them was last updated (dead-lettered).
+    pub latest: DateTime<Utc>,
+}
+
 pub struct CallbackDetail {
     pub callback: Callback,
     pub attempts: Vec<Attempt>,
@@ -307,6 +374,57 @@ pub trait CallbackStore: Send + Sync + 'static {
     ) -> Result<(), StoreError> {
         Err(StoreError::Unsupported(
             "changing the migration mode at runtime is not served by this backend yet".into(),
+        ))
+    }
+    /// How many callbacks [`Self::redrive`] would move with this filter (its dry run): dead
+    /// letters fluxcb owns. The default pages through [`Self::list`]; stores with an index
+    /// override it.
+    async fn count_redrivable(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+    ) -> Result<u64, StoreError> {
+        let filter = ListFilter {
+            status: Some(Status::Failed),
+            ..filter.clone()
+        };
+        let mut count = 0;
+        let mut cursor = None;
+        loop {
+            let page = self
+                .list(scope, &filter, &PageRequest { cursor, limit: 500 })
+                .await?;
+            count += page
+                .items
+                .iter()
+                .filter(|cb| cb.owner == crate::callback::Owner::Fluxcb)
+                .count() as u64;
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(count),
+            }
+        }
+    }
+    /// Traffic over a window: accepted callbacks and attempts by outcome per bucket, attempt
+    /// latency percentiles, dead letters, and per-host figures (the console's overview).
+    async fn stats(
+        &self,
+        _scope: &Scope,
+        _request: &StatsRequest,
+    ) -> Result<DeliveryStats, StoreError> {
+        Err(StoreError::Unsupported(
+            "delivery statistics are not served by this backend yet".into(),
+        ))
+    }
+    /// Dead letters matching `filter` (its status is ignored), grouped by host and error code,
+    /// largest groups first.
+    async fn dead_letter_groups(
+        &self,
+        _scope: &Scope,
+        _filter: &ListFilter,
+    ) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        Err(StoreError::Unsupported(
+            "grouping dead letters is not served by this backend yet".into(),
         ))
     }
     /// Claims a callback for an immediate attempt whatever its due time (the legacy API's

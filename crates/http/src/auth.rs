@@ -1,5 +1,6 @@
-//! Bearer API keys. Lookups are cached for a few seconds, so a key revoked from another
-//! process (`fluxcb keys revoke`) stops working within [`KEY_CACHE_TTL`].
+//! Bearer API keys, and the console's session cookie standing for one. Lookups are cached for
+//! a few seconds, so a key revoked from another process (`fluxcb keys revoke`) stops working
+//! within [`KEY_CACHE_TTL`], and so do the console sessions opened with it.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use axum::http::request::Parts;
 use fluxcb_core::auth::{hash_key, ApiKey, Role};
 use fluxcb_core::tenant::Scope;
 
+use crate::console::sessions;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -64,30 +66,62 @@ impl KeyCache {
 }
 
 pub async fn authenticate(state: &AppState, token: &str) -> Result<ApiKey, ApiError> {
-    let hash = hash_key(token);
-    if let Some(cached) = state.key_cache.get(&hash) {
+    authenticate_hash(state, &hash_key(token)).await
+}
+
+/// The live key with this hash (a console session keeps the hash of the key it was opened with).
+pub async fn authenticate_hash(state: &AppState, hash: &str) -> Result<ApiKey, ApiError> {
+    if let Some(cached) = state.key_cache.get(hash) {
         return cached.ok_or(ApiError::Unauthorized);
     }
-    let found = state.keys.find_key(&hash).await?;
-    state.key_cache.put(hash, found.clone());
+    let found = state.keys.find_key(hash).await?;
+    state.key_cache.put(hash.to_owned(), found.clone());
     found.ok_or(ApiError::Unauthorized)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// A Bearer key when the request has an `Authorization` header (exactly as before the
+    /// console existed); otherwise the console's session cookie, which for any method but GET,
+    /// HEAD and OPTIONS must come with the session's token in `X-CSRF-Token`. The cookie is
+    /// `SameSite=Strict` as well: two independent defences against cross-site requests.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        if let Some(header) = parts.headers.get(AUTHORIZATION) {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or(ApiError::Unauthorized)?;
+            return authenticate(state, token).await.map(Caller);
+        }
+        let id = sessions::cookie_value(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let session = state
+            .console
+            .sessions
+            .get(id, Instant::now())
             .ok_or(ApiError::Unauthorized)?;
-        authenticate(state, token).await.map(Caller)
+        if !parts.method.is_safe() {
+            let token = parts
+                .headers
+                .get(sessions::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !sessions::same_token(token, &session.csrf_token) {
+                return Err(ApiError::CsrfRejected);
+            }
+        }
+        match authenticate_hash(state, &session.key_hash).await {
+            Err(ApiError::Unauthorized) => {
+                state.console.sessions.remove(id);
+                Err(ApiError::Unauthorized)
+            }
+            other => other.map(Caller),
+        }
     }
 }

@@ -3,9 +3,10 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use fluxcb_core::callback::Callback;
 use fluxcb_core::callback::FieldError;
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::{ActionResult, Due, ListFilter, PageRequest};
+use fluxcb_core::ports::{ActionResult, Due, LegacyListFilter, ListFilter, PageRequest};
 use fluxcb_core::status::Status;
 use fluxcb_core::tenant::{Scope, TenantId};
 use serde::Deserialize;
@@ -70,6 +71,10 @@ pub struct ListQuery {
     pub metadata: Option<String>,
     /// Admin keys only: one tenant.
     pub tenant: Option<String>,
+    /// One callback by id (`cb_...`): a page of at most one, the other filters applied to it.
+    pub id: Option<String>,
+    /// The legacy API's `external_id` (callbacks created through it or imported from it).
+    pub external_id: Option<String>,
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// 1-500, default 50.
@@ -125,6 +130,38 @@ fn build_filter(caller: &Caller, p: FilterParts<'_>) -> Result<ListFilter, ApiEr
     })
 }
 
+/// The list filter a query asks for (its `id`, `external_id`, cursor and limit aside).
+pub fn filter_of(caller: &Caller, q: &ListQuery) -> Result<ListFilter, ApiError> {
+    build_filter(
+        caller,
+        FilterParts {
+            status: q.status.as_deref(),
+            host: q.host.as_deref(),
+            created_after: q.created_after,
+            created_before: q.created_before,
+            metadata: q.metadata.as_deref(),
+            tenant: q.tenant.as_deref(),
+        },
+    )
+}
+
+/// Whether a callback found by id or `external_id` passes the rest of the filter.
+fn passes(cb: &Callback, f: &ListFilter) -> bool {
+    f.status.is_none_or(|s| s == cb.status)
+        && f.host.as_deref().is_none_or(|h| {
+            cb.spec
+                .url
+                .host_str()
+                .is_some_and(|x| x.eq_ignore_ascii_case(h))
+        })
+        && f.created_after.is_none_or(|t| cb.created_at >= t)
+        && f.created_before.is_none_or(|t| cb.created_at < t)
+        && f.metadata
+            .as_ref()
+            .is_none_or(|(k, v)| cb.spec.metadata.get(k) == Some(v))
+        && f.tenant.as_ref().is_none_or(|t| *t == cb.tenant)
+}
+
 #[utoipa::path(get, path = "/v1/callbacks", tag = "callbacks", params(ListQuery),
     responses((status = 200, body = CallbackList), (status = 400, body = Problem)),
     security(("bearer" = [])))]
@@ -141,17 +178,10 @@ async fn list_inner(
     caller: &Caller,
     q: ListQuery,
 ) -> Result<CallbackList, ApiError> {
-    let filter = build_filter(
-        caller,
-        FilterParts {
-            status: q.status.as_deref(),
-            host: q.host.as_deref(),
-            created_after: q.created_after,
-            created_before: q.created_before,
-            metadata: q.metadata.as_deref(),
-            tenant: q.tenant.as_deref(),
-        },
-    )?;
+    let filter = filter_of(caller, &q)?;
+    if q.id.is_some() || q.external_id.is_some() {
+        return exact(state, caller, &q, &filter).await;
+    }
     let cursor = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(c.parse::<CallbackId>().map_err(|_| {
@@ -179,6 +209,53 @@ async fn list_inner(
             .map(|cb| CallbackView::of(cb, None, false))
             .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+}
+
+/// A lookup by id or `external_id`: at most one callback per tenant, the other filters checked
+/// on it. No cursor: there is never a next page.
+async fn exact(
+    state: &AppState,
+    caller: &Caller,
+    q: &ListQuery,
+    filter: &ListFilter,
+) -> Result<CallbackList, ApiError> {
+    let scope = caller.scope();
+    let mut found: Vec<Callback> = Vec::new();
+    if let Some(id) = q.id.as_deref() {
+        if let Ok(id) = id.trim().parse::<CallbackId>() {
+            if let Some(detail) = state.callbacks.get(&scope, &id).await? {
+                found.push(detail.callback);
+            }
+        }
+    }
+    if let Some(external_id) = q.external_id.as_deref() {
+        let page = state
+            .callbacks
+            .list_legacy(
+                &scope,
+                &LegacyListFilter {
+                    external_id: Some(external_id.to_owned()),
+                    ..LegacyListFilter::default()
+                },
+                0,
+                50,
+            )
+            .await?;
+        if q.id.is_some() {
+            // Both given: the callback must answer to both.
+            found.retain(|cb| cb.external_id.as_deref() == Some(external_id));
+        } else {
+            found = page.items;
+        }
+    }
+    found.retain(|cb| passes(cb, filter));
+    Ok(CallbackList {
+        data: found
+            .iter()
+            .map(|cb| CallbackView::of(cb, None, false))
+            .collect(),
+        next_cursor: None,
     })
 }
 
@@ -294,6 +371,16 @@ pub async fn redrive(
             tenant: r.tenant.as_deref(),
         },
     )?;
+    if r.dry_run == Some(true) {
+        let matched = state
+            .callbacks
+            .count_redrivable(&caller.scope(), &filter)
+            .await?;
+        return Ok(Json(RedriveResult {
+            moved: 0,
+            matched: Some(matched),
+        }));
+    }
     let moved = state
         .callbacks
         .redrive(&caller.scope(), &filter, caller.actor())
@@ -301,5 +388,8 @@ pub async fn redrive(
     if moved > 0 {
         state.notify_queue(&[]).await;
     }
-    Ok(Json(RedriveResult { moved }))
+    Ok(Json(RedriveResult {
+        moved,
+        matched: None,
+    }))
 }

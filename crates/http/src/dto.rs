@@ -105,6 +105,7 @@ fn mask_headers(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> 
                 "token",
                 "secret",
                 "password",
+                "signature",
             ]
             .iter()
             .any(|s| lower.contains(s));
@@ -170,6 +171,9 @@ pub struct CallbackView {
     /// The integer id legacy receivers see as `X-Flux-Callback-Id` (legacy wire format only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub legacy_id: Option<i64>,
+    /// The legacy API's `external_id` (callbacks created through it or imported from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     /// Oldest first. Present on single-callback reads, omitted in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -214,6 +218,7 @@ impl CallbackView {
             last_error: cb.last_error.clone(),
             wire_format: cb.spec.wire_format.as_str().to_owned(),
             legacy_id: cb.legacy_id,
+            external_id: cb.external_id.clone(),
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
         }
     }
@@ -268,9 +273,14 @@ pub struct RedriveRequest {
     pub metadata: Option<String>,
     /// Admin keys only: one tenant.
     pub tenant: Option<String>,
+    /// Move nothing; answer how many would move (`matched`).
+    pub dry_run: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct RedriveResult {
     pub moved: u64,
+    /// Present on a dry run: how many dead letters the same request would move now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
 }

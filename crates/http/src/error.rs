@@ -13,6 +13,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this action needs an admin key")]
     Forbidden,
+    /// A console request that changes state came without its session's CSRF token.
+    #[error("missing or wrong X-CSRF-Token: reload the console and try again")]
+    CsrfRejected,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("the request has invalid fields")]
@@ -69,6 +72,7 @@ impl ApiError {
         match self {
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            CsrfRejected => (StatusCode::FORBIDDEN, "csrf", "CSRF token rejected"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Validation(_) => (StatusCode::BAD_REQUEST, "validation", "Invalid request"),
             MalformedBody { .. } => (StatusCode::BAD_REQUEST, "malformed-body", "Malformed body"),

@@ -9,8 +9,9 @@ use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::migration::MigrationState;
 use fluxcb_core::ports::{
-    ActionResult, CallbackDetail, CallbackPage, CallbackStore, ImportOutcome, IngestBatch,
-    IngestResult, LegacyListFilter, LegacyPage, ListFilter, PageRequest, PolledStore, StoreError,
+    ActionResult, CallbackDetail, CallbackPage, CallbackStore, DeadLetterGroup, DeliveryStats,
+    ImportOutcome, IngestBatch, IngestResult, LegacyListFilter, LegacyPage, ListFilter,
+    PageRequest, PolledStore, StatsRequest, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -115,9 +116,28 @@ impl CallbackStore for SqliteStore {
         filter: &ListFilter,
         page: &PageRequest,
     ) -> Result<CallbackPage, StoreError> {
-        let (mut conds, mut params) = filter_sql(scope, filter);
+        // A tag filter walks that tag's callbacks newest first (CROSS JOIN fixes the order), so
+        // a rare tag costs its own rows and a common one stops after a page, as the id order
+        // does for the other filters.
+        let tag = filter.metadata.clone();
+        let rest = ListFilter {
+            metadata: None,
+            ..filter.clone()
+        };
+        let (mut conds, mut params) = filter_sql(scope, &rest);
+        let (from, id_col) = match tag {
+            Some((key, value)) => {
+                conds.insert(0, "t.key = ? AND t.value = ?".to_owned());
+                params.splice(0..0, [key.into(), value.into()]);
+                (
+                    "callback_tags t CROSS JOIN callbacks ON callbacks.id = t.callback_id",
+                    "t.callback_id",
+                )
+            }
+            None => ("callbacks", "id"),
+        };
         if let Some(cursor) = page.cursor {
-            conds.push("id < ?".to_owned());
+            conds.push(format!("{id_col} < ?"));
             params.push(cursor.to_string().into());
         }
         let limit = page.limit.clamp(1, 500);
@@ -127,7 +147,7 @@ impl CallbackStore for SqliteStore {
             format!("WHERE {}", conds.join(" AND "))
         };
         let query = format!(
-            "SELECT {CALLBACK_COLUMNS} FROM callbacks {where_sql} ORDER BY id DESC LIMIT {}",
+            "SELECT {CALLBACK_COLUMNS} FROM {from} {where_sql} ORDER BY {id_col} DESC LIMIT {}",
             limit + 1
         );
         self.read(move |c| {
@@ -356,6 +376,9 @@ impl CallbackStore for SqliteStore {
                     c.prepare_cached("DELETE FROM events WHERE callback_id = ?1")
                         .and_then(|mut s| s.execute([id]))
                         .map_err(sql)?;
+                    c.prepare_cached("DELETE FROM callback_tags WHERE callback_id = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .map_err(sql)?;
                 }
                 c.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")
                     .and_then(|mut s| s.execute([ms(idempotency_before)]))
@@ -403,6 +426,30 @@ impl CallbackStore for SqliteStore {
                 .collect())
         })
         .await
+    }
+
+    async fn count_redrivable(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+    ) -> Result<u64, StoreError> {
+        self.count_redrivable_query(scope, filter).await
+    }
+
+    async fn stats(
+        &self,
+        scope: &Scope,
+        request: &StatsRequest,
+    ) -> Result<DeliveryStats, StoreError> {
+        self.stats_query(scope, request).await
+    }
+
+    async fn dead_letter_groups(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+    ) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        self.dead_letter_groups_query(scope, filter).await
     }
 
     async fn get_by_legacy_id(

@@ -16,6 +16,7 @@ mod legacy;
 mod ops;
 mod rows;
 mod schema;
+mod stats;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -144,3 +145,5 @@ impl ReadPool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stats;

@@ -109,6 +109,12 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         cb.owner.as_str(),
         cb.last_error,
     ])?;
+    let mut tag = c.prepare_cached(
+        "INSERT OR IGNORE INTO callback_tags (key, value, callback_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for (key, value) in &cb.spec.metadata {
+        tag.execute(params![key, value, row.id])?;
+    }
     Ok(())
 }
 
@@ -158,7 +164,8 @@ pub(crate) fn filter_sql(scope: &Scope, filter: &ListFilter) -> (Vec<String>, Ve
     }
     if let Some((k, v)) = &filter.metadata {
         conds.push(
-            "EXISTS (SELECT 1 FROM json_each(callbacks.metadata) WHERE key = ? AND value = ?)"
+            "EXISTS (SELECT 1 FROM callback_tags WHERE key = ? AND value = ? \
+             AND callback_id = callbacks.id)"
                 .to_owned(),
         );
         params.push(k.clone().into());
@@ -317,8 +324,9 @@ pub(crate) fn record_attempt(
     };
     c.prepare_cached(&format!(
         "INSERT INTO attempts (callback_id, {ATTEMPT_COLUMNS}, recorded_at, to_status, \
-         next_attempt_at, dead_letter_reason) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+         next_attempt_at, dead_letter_reason, tenant, host) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         (SELECT tenant FROM callbacks WHERE id = ?1), (SELECT host FROM callbacks WHERE id = ?1))"
     ))?
     .execute(params![
         id,

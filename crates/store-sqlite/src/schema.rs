@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::error::OpenError;
 
 /// Each entry moves the schema from version `index` to `index + 1`. Append only.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE tenants (
     name        TEXT PRIMARY KEY,
@@ -150,6 +150,33 @@ CREATE TABLE settings (
     value       TEXT NOT NULL,
     updated_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#,
+    r#"
+-- The console (version 4). Attempts carry their callback's tenant and host, so statistics over
+-- a window read one index range without a join; rows written before are filled in here.
+ALTER TABLE attempts ADD COLUMN tenant TEXT;
+ALTER TABLE attempts ADD COLUMN host TEXT;
+UPDATE attempts SET tenant = c.tenant, host = c.host
+    FROM callbacks c WHERE c.id = attempts.callback_id;
+-- Covers every aggregate of GET /v1/stats: buckets, outcomes, durations and hosts.
+CREATE INDEX attempts_stats ON attempts (started_at, tenant, host, error, to_status, duration_ms);
+-- Accepted callbacks per bucket, and list filters on creation time.
+CREATE INDEX callbacks_by_created ON callbacks (created_at, tenant);
+-- The list's destination filter: newest first within one host.
+CREATE INDEX callbacks_by_host ON callbacks (host, id);
+-- Dead letters grouped by host and error.
+CREATE INDEX callbacks_failed ON callbacks (tenant, host, last_error, updated_at)
+    WHERE status = 'failed';
+-- One row per metadata tag, so a tag filter walks its own callbacks newest first.
+CREATE TABLE callback_tags (
+    key          TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    callback_id  TEXT NOT NULL,
+    PRIMARY KEY (key, value, callback_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO callback_tags (key, value, callback_id)
+    SELECT j.key, j.value, c.id FROM callbacks c, json_each(c.metadata) j
+    WHERE j.type = 'text';
 "#,
 ];
 

@@ -21,16 +21,16 @@ use rusqlite::Connection;
 use crate::{OpenError, SqliteStore, DB_FILE, SCHEMA_VERSION};
 
 /// A data directory removed when the test ends; the crate has no tempfile dependency.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("fluxcb-store-test-{}", ulid::Ulid::new()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -41,13 +41,13 @@ impl Drop for TempDir {
     }
 }
 
-fn open() -> (TempDir, SqliteStore) {
+pub(crate) fn open() -> (TempDir, SqliteStore) {
     let dir = TempDir::new();
     let store = SqliteStore::open(dir.path()).expect("open store");
     (dir, store)
 }
 
-fn tenant(name: &str) -> TenantId {
+pub(crate) fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
 }
 
@@ -55,12 +55,12 @@ fn default_scope() -> Scope {
     Scope::Tenant(TenantId::default_tenant())
 }
 
-struct Spec<'a> {
-    tenant: &'a str,
-    url: &'a str,
-    created: DateTime<Utc>,
-    deliver_at: Option<DateTime<Utc>>,
-    metadata: &'a [(&'a str, &'a str)],
+pub(crate) struct Spec<'a> {
+    pub tenant: &'a str,
+    pub url: &'a str,
+    pub created: DateTime<Utc>,
+    pub deliver_at: Option<DateTime<Utc>>,
+    pub metadata: &'a [(&'a str, &'a str)],
 }
 
 impl Default for Spec<'_> {
@@ -75,7 +75,7 @@ impl Default for Spec<'_> {
     }
 }
 
-fn callback(s: Spec<'_>) -> Callback {
+pub(crate) fn callback(s: Spec<'_>) -> Callback {
     let spec = NewCallback {
         url: s.url.to_owned(),
         payload: Some(serde_json::json!({ "hello": "world" })),
@@ -102,7 +102,7 @@ fn callback(s: Spec<'_>) -> Callback {
     )
 }
 
-async fn ingest_one(store: &SqliteStore, cb: Callback) -> CallbackId {
+pub(crate) async fn ingest_one(store: &SqliteStore, cb: Callback) -> CallbackId {
     let id = cb.id;
     let result = store
         .ingest(IngestBatch {
@@ -126,7 +126,7 @@ async fn status_of(store: &SqliteStore, id: &CallbackId) -> Status {
         .status
 }
 
-fn attempt(number: u32, status_code: u16, at: DateTime<Utc>) -> Attempt {
+pub(crate) fn attempt(number: u32, status_code: u16, at: DateTime<Utc>) -> Attempt {
     let ok = (200..300).contains(&status_code);
     Attempt {
         number,
