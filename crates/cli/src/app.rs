@@ -206,6 +206,7 @@ pub fn api_state(
         metrics,
         legacy_secret: settings.legacy_signing_secret.clone(),
         key_cache: Default::default(),
+        rate_limit: fluxcb_http::rate_limit::KeyRateLimiter::new(settings.api_rate_limit),
         in_flight: Default::default(),
         legacy_table: legacy.table,
         send_now: legacy.send_now,

@@ -47,6 +47,8 @@ pub struct Config {
     /// https://b.example.com:8443=standard_webhooks`) for callbacks created through the legacy
     /// API, which otherwise use the legacy format.
     pub legacy_receiver_formats: String,
+    /// Requests per second each API key may make (bursts of twice that); 0: no limit.
+    pub api_rate_limit: u32,
     pub allow_private_targets: String,
     pub retry_schedule: String,
     pub max_attempts: u32,
@@ -87,6 +89,7 @@ impl Default for Config {
             migration_mode: "off".into(),
             cutover_percent: 0,
             legacy_receiver_formats: String::new(),
+            api_rate_limit: 0,
             allow_private_targets: String::new(),
             retry_schedule: "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h".into(),
             max_attempts: fluxcb_core::retry::DEFAULT_MAX_ATTEMPTS,
@@ -122,6 +125,7 @@ const ENV_KEYS: &[&str] = &[
     "migration_mode",
     "cutover_percent",
     "legacy_receiver_formats",
+    "api_rate_limit",
     "allow_private_targets",
     "retry_schedule",
     "max_attempts",
@@ -195,6 +199,7 @@ pub struct Settings {
     pub legacy_send_upstream: Option<Url>,
     pub migration: MigrationState,
     pub legacy_receiver_formats: Vec<(Destination, WireFormat)>,
+    pub api_rate_limit: u32,
     pub allow_private_targets: Vec<IpNet>,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
@@ -454,6 +459,7 @@ impl Config {
                 updated_at: chrono::DateTime::UNIX_EPOCH,
             },
             legacy_receiver_formats,
+            api_rate_limit: self.api_rate_limit,
             allow_private_targets: allow.expect("checked"),
             retry: RetryPolicy {
                 schedule: schedule.expect("checked"),

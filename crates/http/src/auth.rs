@@ -71,12 +71,21 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<ApiKey, ApiEr
 
 /// The live key with this hash (a console session keeps the hash of the key it was opened with).
 pub async fn authenticate_hash(state: &AppState, hash: &str) -> Result<ApiKey, ApiError> {
-    if let Some(cached) = state.key_cache.get(hash) {
-        return cached.ok_or(ApiError::Unauthorized);
-    }
-    let found = state.keys.find_key(hash).await?;
-    state.key_cache.put(hash.to_owned(), found.clone());
-    found.ok_or(ApiError::Unauthorized)
+    let key = match state.key_cache.get(hash) {
+        Some(cached) => cached.ok_or(ApiError::Unauthorized)?,
+        None => {
+            let found = state.keys.find_key(hash).await?;
+            state.key_cache.put(hash.to_owned(), found.clone());
+            found.ok_or(ApiError::Unauthorized)?
+        }
+    };
+    state
+        .rate_limit
+        .check(&key.id, Instant::now())
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after: u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX),
+        })?;
+    Ok(key)
 }
 
 impl FromRequestParts<AppState> for Caller {

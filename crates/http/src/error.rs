@@ -40,6 +40,8 @@ pub enum ApiError {
     StoreLimit(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("too many requests with this API key; retry after {retry_after} s")]
+    RateLimited { retry_after: u32 },
     #[error("the service is overloaded; retry after {retry_after} s")]
     Overloaded { retry_after: u32, cause: String },
     #[error("internal error")]
@@ -102,6 +104,11 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "unsupported",
                 "Not supported by this backend",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
             ),
             Overloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -185,7 +192,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::Overloaded { retry_after, .. } = &self {
+        if let ApiError::Overloaded { retry_after, .. } | ApiError::RateLimited { retry_after } =
+            &self
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if let ApiError::Unauthorized = &self {

@@ -16,6 +16,7 @@ mod ingest;
 pub mod legacy_api;
 mod migration;
 pub mod openapi;
+pub mod rate_limit;
 mod stats;
 
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct AppParts {
     /// Renders the metrics registry for `/metrics` (None: no exporter, 404).
     pub metrics: Option<MetricsRender>,
     pub key_cache: auth::KeyCache,
+    /// Requests per API key (`api_rate_limit`; disabled at 0).
+    pub rate_limit: rate_limit::KeyRateLimiter,
     /// The legacy shared secret, when configured: callbacks may then use the legacy wire
     /// format, and shadow runs record the legacy-signed request fluxcb would have sent.
     pub legacy_secret: Option<Arc<[u8]>>,

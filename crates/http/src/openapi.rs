@@ -39,7 +39,7 @@ use crate::AppState;
 pub struct ApiDoc;
 
 /// What every operation shares and the annotations would repeat: errors are
-/// `application/problem+json`, and an operation behind a key can answer 401.
+/// `application/problem+json`, and an operation behind a key can answer 401 and 429.
 struct ProblemResponses;
 
 impl Modify for ProblemResponses {
@@ -74,16 +74,21 @@ impl Modify for ProblemResponses {
                     }
                 }
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                    op.responses
-                        .responses
-                        .entry("401".to_owned())
-                        .or_insert_with(|| {
-                            ResponseBuilder::new()
-                                .description("Missing, unknown or revoked API key")
-                                .content("application/problem+json", problem())
-                                .build()
-                                .into()
-                        });
+                    for (status, why) in [
+                        ("401", "Missing, unknown or revoked API key"),
+                        ("429", "Over the key's rate limit (api_rate_limit); see Retry-After"),
+                    ] {
+                        op.responses
+                            .responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| {
+                                ResponseBuilder::new()
+                                    .description(why)
+                                    .content("application/problem+json", problem())
+                                    .build()
+                                    .into()
+                            });
+                    }
                 }
             }
         }

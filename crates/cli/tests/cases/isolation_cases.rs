@@ -130,4 +130,57 @@ mod isolation {
         assert_eq!(own["data"].as_array().map(Vec::len), Some(1));
         app.stop().await;
     }
+
+    /// One key over its rate gets 429 with Retry-After (a problem on /v1, DRF's throttle
+    /// message on the legacy API); another key is not slowed down by it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_key_has_its_own_rate_limit() {
+        let Some(app) = spawn_on(BACKEND, |c| c.api_rate_limit = 5).await else {
+            return;
+        };
+        // The admin key has its own bucket: creating the two keys costs it 2 of its 10.
+        let mut keys = Vec::new();
+        for t in ["busy", "calm"] {
+            let v: Value = app
+                .post("/v1/keys", &json!({"name": format!("{t}-rl"), "tenant": t}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            keys.push(v["key"].as_str().unwrap().to_owned());
+        }
+        let (busy, calm) = (&keys[0], &keys[1]);
+        let mut statuses = Vec::new();
+        let mut limited = None;
+        for _ in 0..15 {
+            let r = app.get_as(busy, "/v1/callbacks").await;
+            statuses.push(r.status().as_u16());
+            if r.status() == 429 && limited.is_none() {
+                let retry_after = r.headers().get("retry-after").cloned();
+                let body: Value = r.json().await.unwrap();
+                limited = Some((retry_after, body));
+            }
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        assert!((10..=11).contains(&ok), "a burst of twice the rate: {statuses:?}");
+        let (retry_after, body) = limited.expect("the key was limited");
+        assert!(retry_after.is_some());
+        assert_eq!(body["type"], "urn:fluxcb:problem:rate-limited");
+        let r = app.get_as(calm, "/v1/callbacks").await;
+        assert_eq!(r.status(), 200, "another key is not limited");
+        let r = app
+            .http
+            .get(app.url("/api/callbacks/"))
+            .header("authorization", format!("Token {busy}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("Request was throttled."),
+            "{body}"
+        );
+        app.stop().await;
+    }
 }

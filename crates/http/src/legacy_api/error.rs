@@ -36,6 +36,9 @@ pub enum LegacyError {
     Conflict(String),
     #[error("{detail}")]
     Unavailable { detail: String, retry_after: u32 },
+    /// DRF's throttling answer.
+    #[error("Request was throttled. Expected available in {retry_after} seconds.")]
+    Throttled { retry_after: u32 },
     #[error("{0}")]
     Unsupported(String),
     /// The legacy service answered with something unusable (502).
@@ -85,6 +88,7 @@ impl IntoResponse for LegacyError {
             LegacyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             LegacyError::Conflict(_) => StatusCode::CONFLICT,
             LegacyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LegacyError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             LegacyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             LegacyError::BadGateway(cause) => {
                 tracing::warn!(cause = %cause, "legacy service: bad answer");
@@ -118,7 +122,8 @@ impl IntoResponse for LegacyError {
             LegacyError::Unauthenticated(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Token"));
             }
-            LegacyError::Unavailable { retry_after, .. } => {
+            LegacyError::Unavailable { retry_after, .. }
+            | LegacyError::Throttled { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}

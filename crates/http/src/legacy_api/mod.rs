@@ -111,6 +111,7 @@ async fn authenticate_token(state: &AppState, headers: &HeaderMap) -> Result<Api
             detail: "Service temporarily unavailable, try again later.".into(),
             retry_after,
         },
+        ApiError::RateLimited { retry_after } => LegacyError::Throttled { retry_after },
         other => LegacyError::Internal(other.to_string()),
     })
 }
