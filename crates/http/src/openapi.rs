@@ -76,7 +76,10 @@ impl Modify for ProblemResponses {
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     for (status, why) in [
                         ("401", "Missing, unknown or revoked API key"),
-                        ("429", "Over the key's rate limit (api_rate_limit); see Retry-After"),
+                        (
+                            "429",
+                            "Over the key's rate limit (api_rate_limit); see Retry-After",
+                        ),
                     ] {
                         op.responses
                             .responses

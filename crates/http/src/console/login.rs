@@ -53,12 +53,20 @@ pub async fn page(State(state): State<AppState>, request: Request) -> Response {
     login_page(StatusCode::OK, None)
 }
 
-/// A login posted from another origin (a form on a hostile page) is refused: otherwise that
-/// page could log a browser into the attacker's own key.
+/// A login posted from another site (a form on a hostile page) is refused: otherwise that page
+/// could log a browser into the attacker's own key. Browsers say where a request comes from in
+/// `Sec-Fetch-Site`; older ones in `Origin` (which is `null` under this page's `no-referrer`
+/// policy, so `null` alone decides nothing). Clients that send neither are not browsers.
 fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
+    if origin == "null" {
+        return false;
+    }
     let host = headers
         .get(HOST)
         .and_then(|v| v.to_str().ok())
@@ -159,7 +167,11 @@ mod tests {
         h.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert!(cross_site(&h));
         h.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(!cross_site(&h), "null: this page's own no-referrer posts");
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(cross_site(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(!cross_site(&h));
     }
 
     #[test]
