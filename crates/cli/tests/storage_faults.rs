@@ -278,8 +278,21 @@ async fn a_database_locked_by_another_process_answers_503_and_recovers() {
     // Another process takes the write lock and keeps it longer than the store waits for a
     // lock (5 s), so writes give up rather than wait it out.
     let db = data.join("fluxcb.db");
-    let holder = hold_write_lock(&db, Duration::from_secs(8));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut holder = hold_write_lock(&db, Duration::from_secs(8));
+    // Only once the other process says it holds the lock (its start can be slow on a busy
+    // machine) does the clock start.
+    let stdout = holder.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
     let mut refusals = Vec::new();
     let started = Instant::now();
     let mut n = 1;
@@ -331,6 +344,7 @@ fn hold_write_lock(db: &Path, for_how_long: Duration) -> Child {
         "import sqlite3, time\n\
          c = sqlite3.connect({db:?}, timeout=10, isolation_level=None)\n\
          c.execute('BEGIN IMMEDIATE')\n\
+         print('locked', flush=True)\n\
          time.sleep({secs})\n\
          c.execute('ROLLBACK')\n",
         db = db.display().to_string(),
