@@ -9,7 +9,8 @@
 //! key cache), revoking the key ends its sessions within [`crate::auth::KEY_CACHE_TTL`]. The
 //! cost: sessions live in one process's memory. `fluxcb serve` is one process per data
 //! directory, so that is exact there; a restart logs everyone out. Behind several Lambda
-//! instances a session is known only to the instance that made it (see docs/architecture.md).
+//! instances a session is known only to the instance that made it, so the console there needs
+//! a shared session store first (the [`Sessions`] seam; not done yet, see the README).
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
