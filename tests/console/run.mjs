@@ -170,6 +170,8 @@ try {
     await page.fill("#f-metadata", "case=redrive");
     await page.click('#filters button[type="submit"]');
     await page.waitForURL(/status=failed/);
+    // The filtered page has rendered when its count says so (the unfiltered one also had the link).
+    await page.waitForFunction(() => /^1 callback on this page/.test(document.getElementById("result-count")?.textContent || ""));
     const link = page.locator(`#callbacks-table a[href="#/callbacks/${flakyId}"]`);
     await link.waitFor();
     const rows = await page.locator("#callbacks-table tbody tr").count();

@@ -476,3 +476,76 @@ async fn console_end_to_end_in_headless_chromium() {
     );
     app.stop().await;
 }
+
+/// The same router on the AWS backend (as `serve --backend aws` and the Lambda API serve it):
+/// the session works for reads and, with its token, for writes; statistics are refused as
+/// unsupported (the console says so) rather than answered with a scan.
+#[tokio::test]
+async fn the_console_on_the_aws_backend() {
+    let Some(app) = common::spawn_on(common::Backend::Aws, |_| {}).await else {
+        return;
+    };
+    let http = client();
+    let cookie = login(&app, &app.key).await;
+    let token = csrf_token(&app, &cookie).await;
+    let r = http
+        .post(app.url("/v1/callbacks"))
+        .header(COOKIE, &cookie)
+        .header("x-csrf-token", &token)
+        .json(&json!({ "url": "https://example.com/hook", "deliver_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "a create with the session and its token");
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v: Value = http
+        .get(app.url(&format!("/v1/callbacks?id={id}")))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["id"], id.as_str());
+    let r = http
+        .get(app.url("/v1/stats?window=1h"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["type"],
+        "urn:fluxcb:problem:unsupported"
+    );
+    let v: Value = http
+        .get(app.url("/v1/destinations"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["available"], true,
+        "container mode runs the deliverer here"
+    );
+    let v: Value = http
+        .post(app.url("/v1/dead-letters/redrive"))
+        .header(COOKIE, &cookie)
+        .header("x-csrf-token", &token)
+        .json(&json!({ "dry_run": true }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["matched"], 0, "the dry run counts through the list");
+    app.stop().await;
+}

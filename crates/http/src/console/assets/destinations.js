@@ -1,8 +1,7 @@
 // Destinations: health per host from the last day's attempts, with the delivery engine's live
 // view (circuit breaker, deliveries in flight) where this process runs one.
-import { call } from "./api.js";
+import { call, query } from "./api.js";
 import { h, table, badge, fmtNum, fmtMs, fmtPct, message } from "./dom.js";
-import { query } from "./api.js";
 
 function hostOf(destination) {
   const rest = destination.includes("://") ? destination.split("://")[1] : destination;
@@ -13,7 +12,11 @@ function hostOf(destination) {
 export async function destinations(main, ctx) {
   main.append(h("h1", {}, "Destinations"));
   const [day, live] = await Promise.all([
-    call("/v1/stats?window=1d"),
+    // Without statistics (DynamoDB), the live view alone.
+    call("/v1/stats?window=1d").catch((e) => {
+      if (e.problem?.type !== "urn:fluxcb:problem:unsupported") throw e;
+      return { destinations: [] };
+    }),
     call("/v1/destinations"),
   ]);
   if (!ctx.isCurrent()) return;

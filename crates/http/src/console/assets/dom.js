@@ -90,7 +90,8 @@ export function table(caption, headers, rows, opts = {}) {
     ? rows.map((cells) => h("tr", {}, cells.map((cell, i) =>
         h("td", { class: headers[i]?.num ? "num" : headers[i]?.cls || null }, cell))))
     : [h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, opts.empty || "Nothing here."))];
-  return h("div", { class: "table-wrap" },
+  // Focusable and named: on a narrow screen the frame scrolls, and keyboards must reach it.
+  return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${caption} (table)` },
     h("table", { id: opts.id },
       h("caption", { class: "visually-hidden" }, caption),
       h("thead", {}, head),

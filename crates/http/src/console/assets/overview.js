@@ -1,7 +1,7 @@
 // Overview: the last hour (1-minute buckets) and the last day (hourly), success ratio,
 // latency percentiles, dead letters, and the slowest and most failing destinations.
 import { call, query } from "./api.js";
-import { h, table, fmtNum, fmtMs, fmtPct } from "./dom.js";
+import { h, table, fmtNum, fmtMs, fmtPct, message } from "./dom.js";
 import { lineChart, barChart } from "./charts.js";
 
 function label(iso, window) {
@@ -38,7 +38,14 @@ function hostLink(host) {
 export async function overview(main, ctx) {
   const tenant = ctx.params.get("tenant") || "";
   main.append(h("h1", {}, "Overview"));
-  const hour = await call(`/v1/stats${query({ window: "1h", tenant })}`);
+  let hour;
+  try {
+    hour = await call(`/v1/stats${query({ window: "1h", tenant })}`);
+  } catch (e) {
+    if (e.problem?.type !== "urn:fluxcb:problem:unsupported") throw e;
+    main.append(message("This backend does not serve statistics yet (DynamoDB): see the callbacks and dead letters pages.", ""));
+    return;
+  }
   if (!ctx.isCurrent()) return;
   const t = hour.totals;
   const l = hour.latency_ms;
