@@ -442,6 +442,26 @@ async fn console_end_to_end_in_headless_chromium() {
         app.wait_status(id, "delivered", Duration::from_secs(20))
             .await;
     }
+    // The overview's numbers for this known traffic: 18 accepted; 16 delivered attempts (12 +
+    // 3 + 1), 4 failed (3 flaky, 1 evil), both failing callbacks dead-lettered.
+    let stats = app.get_json("/v1/stats?window=1h").await;
+    assert_eq!(
+        stats["totals"],
+        json!({ "accepted": 18, "attempts": 20, "delivered": 16, "failed": 4, "dead_lettered": 2 }),
+        "{stats}"
+    );
+    assert_eq!(stats["dead_letters"], 2);
+    assert_eq!(stats["success_ratio"], 0.8);
+    assert_eq!(stats["buckets"].as_array().unwrap().len(), 60);
+    assert_eq!(stats["most_failing_destinations"][0]["failed"], 4);
+    let r = app.get_as(&acme, "/v1/stats?window=1d").await;
+    let mine: Value = r.json().await.unwrap();
+    assert_eq!(
+        mine["totals"]["accepted"], 3,
+        "a tenant counts its own: {mine}"
+    );
+    assert_eq!(mine["totals"]["delivered"], 3);
+    assert_eq!(mine["dead_letters"], 0);
     // The payloads come back from the API as JSON strings, exactly as given.
     let v = app.get_json(&format!("/v1/callbacks/{xss}")).await;
     assert_eq!(v["headers"]["X-Evil"], "<script>window.__xss=1</script>");
