@@ -62,7 +62,7 @@ async function redrive(filters, feedback, ctx) {
 
 export async function deadLetters(main, ctx) {
   const filters = {};
-  for (const k of [...REDRIVE_FILTERS, "id", "external_id"]) {
+  for (const k of REDRIVE_FILTERS) {
     if (ctx.params.get(k)) filters[k] = ctx.params.get(k);
   }
   const feedback = h("div", { id: "redrive-feedback", "aria-live": "polite" });
@@ -71,7 +71,8 @@ export async function deadLetters(main, ctx) {
   main.append(
     h("h1", {}, "Dead letters"),
     h("p", { class: "muted" }, "Callbacks that ran out of attempts, got a 410, or were blocked. A redrive sends them back to pending."),
-    filterForm(ctx.params, ctx.me, (f) => ctx.go(`#/dead-letters${query(f)}`), { statuses: false }),
+    // No id fields: a redrive moves what these filters match, and it cannot take an id.
+    filterForm(ctx.params, ctx.me, (f) => ctx.go(`#/dead-letters${query(f)}`), { statuses: false, idFields: false }),
     h("div", { class: "row" }, redriveAll),
     feedback,
   );
