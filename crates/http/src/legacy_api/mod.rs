@@ -295,23 +295,7 @@ async fn cancel(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, LegacyError> {
-    if legacy_owns(&state, &id).await? {
-        return remote::forward(
-            &state,
-            Service::Insert,
-            method,
-            &uri,
-            &headers,
-            body,
-            Record::Changed,
-        )
-        .await;
-    }
-    let caller = authenticate_token(&state, &headers).await?;
-    if method != Method::POST {
-        return Err(not_allowed(&method));
-    }
-    local::cancel(&state, &caller, &id).await
+    act(&state, Action::Cancel, method, &headers, &uri, &id, body).await
 }
 
 async fn send(
@@ -326,21 +310,40 @@ async fn send(
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(LegacyError::NoRoute);
     }
-    if legacy_owns(&state, &id).await? {
-        return remote::forward(
-            &state,
-            Service::Send,
-            method,
-            &uri,
-            &headers,
-            body,
-            Record::Changed,
-        )
-        .await;
+    act(&state, Action::Send, method, &headers, &uri, &id, body).await
+}
+
+/// The two actions on one callback: `cancel` (the insert service's) and `send` (the sending
+/// service's).
+#[derive(Clone, Copy)]
+enum Action {
+    Cancel,
+    Send,
+}
+
+/// An action goes to the side that owns the callback; legacy's answer refreshes the mirror.
+async fn act(
+    state: &AppState,
+    action: Action,
+    method: Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    id: &str,
+    body: Bytes,
+) -> Result<Response, LegacyError> {
+    if legacy_owns(state, id).await? {
+        let service = match action {
+            Action::Cancel => Service::Insert,
+            Action::Send => Service::Send,
+        };
+        return remote::forward(state, service, method, uri, headers, body, Record::Changed).await;
     }
-    let caller = authenticate_token(&state, &headers).await?;
+    let caller = authenticate_token(state, headers).await?;
     if method != Method::POST {
         return Err(not_allowed(&method));
     }
-    local::send_now(&state, &caller, &id).await
+    match action {
+        Action::Cancel => local::cancel(state, &caller, id).await,
+        Action::Send => local::send_now(state, &caller, id).await,
+    }
 }
