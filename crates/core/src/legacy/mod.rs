@@ -15,6 +15,7 @@
 pub mod api;
 pub mod django_url;
 pub mod row;
+pub mod view;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
