@@ -52,22 +52,12 @@ fn compare(
     let mut args = vec!["compare", "--legacy-db", db.url(), "--output", "json"];
     args.extend_from_slice(extra);
     let out = run(data_dir, &args, env);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no JSON report\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = common::legacy_table::json_report(&out);
     (out, report)
 }
 
 async fn sql(db: &LegacyDatabase, statements: &str) {
-    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the legacy database");
-    tokio::spawn(conn);
-    client.batch_execute(statements).await.expect("legacy SQL");
+    common::legacy_table::sql(db.url(), statements).await
 }
 
 /// `ROWS` rows in every legacy state, `host(i)` deciding each row's receiver; payloads with

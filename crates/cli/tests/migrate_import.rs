@@ -31,22 +31,12 @@ fn import(db: &LegacyDatabase, data_dir: &std::path::Path, extra: &[&str]) -> (O
         .args(extra)
         .output()
         .expect("run fluxcb");
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no JSON report\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = common::legacy_table::json_report(&out);
     (out, report)
 }
 
 async fn sql(db: &LegacyDatabase, statements: &str) {
-    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the legacy database");
-    tokio::spawn(conn);
-    client.batch_execute(statements).await.expect("legacy SQL");
+    common::legacy_table::sql(db.url(), statements).await
 }
 
 /// Rows in every legacy state, id % 5 deciding which; every other one with an external_id;

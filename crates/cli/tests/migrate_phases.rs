@@ -12,6 +12,7 @@ mod legacy;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::legacy_table::sql;
 use common::{spawn_on, Backend, TestApp, TestReceiver};
 use fluxcb_core::migration::bucket;
 use legacy::LegacyPair;
@@ -214,26 +215,21 @@ async fn shadow_then_split(backend: Backend) {
         "{report}"
     );
     // ...until something does: a row changed behind fluxcb's back.
-    let (client, conn) = tokio_postgres::connect(pair.database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "UPDATE callme_callback SET payload = '{\"i\": 999}' WHERE external_id = 's-3'",
-        )
-        .await
-        .unwrap();
+    let db = pair.database_url();
+    sql(
+        db,
+        "UPDATE callme_callback SET payload = '{\"i\": 999}' WHERE external_id = 's-3'",
+    )
+    .await;
     let out = compare(&app);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!out.status.success());
     assert_eq!(report["field_mismatches"]["count"], 1, "{report}");
-    client
-        .batch_execute(
-            "UPDATE callme_callback SET payload = '{\"i\": 3}' WHERE external_id = 's-3'",
-        )
-        .await
-        .unwrap();
+    sql(
+        db,
+        "UPDATE callme_callback SET payload = '{\"i\": 3}' WHERE external_id = 's-3'",
+    )
+    .await;
 
     // Split: the legacy tokens must work on fluxcb's side too.
     let out = app

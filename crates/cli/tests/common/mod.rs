@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod aws;
+#[allow(dead_code)]
+pub mod legacy_table;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
