@@ -1,8 +1,8 @@
 //! Robustness of everything that parses caller or receiver input, with arbitrary input from
-//! proptest: nothing panics, and what is accepted round-trips. (Coverage-guided fuzzing with
-//! `cargo fuzz` needs a nightly toolchain this project cannot fetch; these run on stable in
-//! every CI run. `PROPTEST_CASES=100000 cargo test -p fluxcb-core --test parser_props` runs
-//! them longer.)
+//! proptest: nothing panics, and what is accepted round-trips. These run in every `cargo test`;
+//! the coverage-guided fuzz targets in `fuzz/` (`bash scripts/fuzz.sh`) search the same parsers
+//! with libFuzzer. `PROPTEST_CASES=100000 cargo test -p fluxcb-core --test parser_props` runs
+//! these longer.
 use chrono::Utc;
 use fluxcb_core::callback::NewCallback;
 use fluxcb_core::legacy::{self, api, django_url};

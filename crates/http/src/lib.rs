@@ -11,6 +11,8 @@ pub mod console;
 pub mod dto;
 pub mod error;
 mod extract;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod health;
 mod ingest;
 pub mod legacy_api;

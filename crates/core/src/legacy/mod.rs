@@ -63,7 +63,9 @@ pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], header: &str) -> bool 
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // `from_str_radix` alone would also take a sign ("+f"), letting a second spelling of a
+    // signature verify.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -268,6 +270,16 @@ mod tests {
         assert!(!verify(b"other", 1_700_000_000, &b, &sig));
         assert!(!verify(b"legacy-secret", 1_700_000_000, b"{}", &sig));
         assert!(!verify(b"legacy-secret", 1_700_000_000, &b, "sha256=zz"));
+        // Only hex digits: `from_str_radix` would take "+f" as 0x0f, a second spelling.
+        assert_eq!(decode_hex("0f"), Some(vec![15]));
+        assert_eq!(decode_hex("+f"), None);
+        assert_eq!(decode_hex("-0"), None);
+        assert!(verify(
+            b"legacy-secret",
+            1_700_000_000,
+            &b,
+            &sig.to_ascii_uppercase().replace("SHA256=", "sha256=")
+        ));
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub(super) async fn list(
 }
 
 /// What DRF's parsers make of the body: JSON, a form, or nothing (no content type).
-pub(super) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, LegacyError> {
+pub(crate) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, LegacyError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -32,6 +32,8 @@ use serde_json::Value;
 
 pub use control::{MigrationControl, REFRESH as MIGRATION_REFRESH};
 pub use error::LegacyError;
+#[cfg(fuzzing)]
+pub(crate) use local::parse_body;
 pub use upstream::{Forward, Forwarded, LegacyUpstream, Service, UpstreamError};
 
 use crate::auth::authenticate;
