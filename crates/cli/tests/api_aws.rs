@@ -8,3 +8,4 @@ const BACKEND: common::Backend = common::Backend::Aws;
 include!("cases/api_cases.rs");
 include!("cases/legacy_cases.rs");
 include!("cases/isolation_cases.rs");
+include!("cases/limits_cases.rs");

@@ -27,6 +27,10 @@ pub enum ApiError {
     },
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the path and query are longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("more than {count} headers or {bytes} bytes of headers")]
+    HeadersTooLarge { count: usize, bytes: usize },
     #[error("{0}")]
     WrongState(String),
     #[error("this Idempotency-Key was already used with a different request")]
@@ -79,6 +83,12 @@ impl ApiError {
             Validation(_) => (StatusCode::BAD_REQUEST, "validation", "Invalid request"),
             MalformedBody { .. } => (StatusCode::BAD_REQUEST, "malformed-body", "Malformed body"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Body too large"),
+            UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI too long"),
+            HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request headers too large",
+            ),
             WrongState(_) => (
                 StatusCode::CONFLICT,
                 "wrong-state",

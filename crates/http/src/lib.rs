@@ -19,6 +19,7 @@ pub mod legacy_api;
 mod migration;
 pub mod openapi;
 pub mod rate_limit;
+pub mod request_limits;
 mod stats;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct ApiLimits {
     pub body_bytes: usize,
     pub batch_body_bytes: usize,
     pub batch_items: usize,
+    pub head: request_limits::HeadLimits,
 }
 
 impl Default for ApiLimits {
@@ -45,6 +47,7 @@ impl Default for ApiLimits {
             body_bytes: 256 * 1024,
             batch_body_bytes: 4 * 1024 * 1024,
             batch_items: 1000,
+            head: request_limits::HeadLimits::default(),
         }
     }
 }
@@ -128,5 +131,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .merge(legacy_api::router())
         .layer(axum::Extension(extract::BodyLimit(state.limits.body_bytes)))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.head,
+            request_limits::enforce,
+        ))
         .with_state(state)
 }
