@@ -56,6 +56,11 @@ pub struct ClientArgs {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// See it work: the server on a fresh embedded store, local receivers that fail some
+    /// callbacks on purpose, and a stream of sample callbacks; prints the console URL and an
+    /// API key to log in with.
+    #[command(after_help = DEMO_EXAMPLES)]
+    Demo(DemoArgs),
     /// Run the API, the delivery workers and maintenance (on the embedded store, or with
     /// `--backend aws` on DynamoDB and SQS: container mode).
     Serve {
@@ -147,6 +152,36 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  fluxcb demo                          10 callbacks a second until Ctrl-C; console on port 8080
+  fluxcb demo --rate 50 --for 5m       50 a second for five minutes, then keep serving
+  fluxcb demo --port 0 --count 500     any free port; stop sending after 500 callbacks
+  fluxcb demo --data-dir ./demo-data   keep the store (the next run adds to it)
+
+The demo reads no fluxcb.toml and no FLUXCB_* variables: it has its own settings (retries after
+1s, 2s, 4s; 4 attempts; deliveries allowed to its own receivers' addresses only).";
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Port of the server (API and console) on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sample callbacks sent per second (1-1000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: u32,
+    /// Stop sending after this long (e.g. 90s, 5m); the server keeps serving until Ctrl-C.
+    /// Default: send until Ctrl-C.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Stop sending after this many callbacks.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Keep the store in this directory instead of a fresh temporary one (removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]

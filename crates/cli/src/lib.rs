@@ -7,6 +7,7 @@ pub mod aws_backend;
 pub mod cli;
 mod client;
 pub mod config;
+mod demo;
 mod local;
 pub mod logging;
 mod migrate;
@@ -42,6 +43,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
     let file = cli.config.as_deref();
     let log_format = cli.log_format.clone();
     match cli.command {
+        Demo(args) => demo::run(args, log_format).await,
         Serve {
             listen,
             store,

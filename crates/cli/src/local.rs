@@ -41,7 +41,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server error: {e}"))
 }
 
-async fn wait_for_signal() {
+/// Ctrl-C, or SIGTERM on Unix.
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
