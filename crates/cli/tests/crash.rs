@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Received, ServeProcess, TestReceiver, PROCESS_API_KEY as API_KEY};
+use common::{ids_with_status, Received, ServeProcess, TestReceiver, PROCESS_API_KEY as API_KEY};
 use serde_json::{json, Value};
 
 /// The per-destination cap the server runs with: at most this many deliveries can be on the
@@ -50,40 +50,12 @@ async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Every callback id in one status, following cursors.
-async fn ids_with_status(http: &reqwest::Client, base: &str, status: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/callbacks?status={status}&limit=500");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let r = http
-            .get(&url)
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("list");
-        assert!(r.status().is_success(), "GET {url}: {}", r.status());
-        let page: Value = r.json().await.expect("json");
-        for item in page["data"].as_array().expect("data array") {
-            assert_eq!(item["status"], status);
-            ids.insert(item["id"].as_str().expect("id").to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return ids,
-        }
-    }
-}
-
 /// Polls the API until `want` callbacks are delivered (the receiver can see a request before
 /// its attempt is recorded), for at most 30 s; returns the delivered ids last seen.
 async fn wait_delivered(http: &reqwest::Client, base: &str, want: usize) -> HashSet<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let delivered = ids_with_status(http, base, "delivered").await;
+        let delivered = ids_with_status(http, base, API_KEY, "delivered").await;
         if delivered.len() >= want || Instant::now() >= deadline {
             return delivered;
         }
@@ -313,7 +285,7 @@ async fn sigkill_during_ingest_and_delivery_loses_no_acknowledged_callback() {
         delivered.len()
     );
     for status in ["scheduled", "pending", "delivering", "failed", "cancelled"] {
-        let ids = ids_with_status(&http, &base_now, status).await;
+        let ids = ids_with_status(&http, &base_now, API_KEY, status).await;
         assert!(ids.is_empty(), "{} callbacks {status}", ids.len());
     }
 
@@ -344,7 +316,9 @@ async fn sigkill_during_ingest_and_delivery_loses_no_acknowledged_callback() {
     }
     let mut count = 0;
     for status in ["delivered", "pending", "scheduled"] {
-        count += ids_with_status(&http, &base_now, status).await.len();
+        count += ids_with_status(&http, &base_now, API_KEY, status)
+            .await
+            .len();
     }
     assert_eq!(count, TOTAL, "a replayed batch created callbacks");
 

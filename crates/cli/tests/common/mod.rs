@@ -6,7 +6,7 @@ pub mod aws;
 #[allow(dead_code)]
 pub mod legacy_table;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -560,6 +560,34 @@ impl Drop for ServeProcess {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every callback id in one status, following the list's cursors.
+pub async fn ids_with_status(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    status: &str,
+) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/callbacks?status={status}&limit=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = http.get(&url).bearer_auth(key).send().await.expect("list");
+        assert!(r.status().is_success(), "GET {url}: {}", r.status());
+        let page: Value = r.json().await.expect("json");
+        for item in page["data"].as_array().expect("data array") {
+            assert_eq!(item["status"], status);
+            ids.insert(item["id"].as_str().expect("id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return ids,
         }
     }
 }
