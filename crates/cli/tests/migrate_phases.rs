@@ -49,6 +49,8 @@ async fn fluxcb_in_front(pair: &LegacyPair, mode: &str, backend: Backend) -> Tes
         c.legacy_send_upstream = Some(send);
         c.legacy_database_url = Some(db);
         c.migration_mode = mode;
+        // The rollback keeps one attempt on the wire for 6 s.
+        c.timeout_ms = 10_000;
     })
     .await
     .expect("checked by `available`")
@@ -110,7 +112,7 @@ fn senders(receiver: &TestReceiver, prefix: &str) -> BTreeMap<String, Vec<&'stat
 }
 
 async fn wait_for_paths(receiver: &TestReceiver, prefix: &str, count: usize) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if senders(receiver, prefix).len() >= count {
             return;
         }
@@ -396,10 +398,11 @@ async fn rollback_from_30_percent(backend: Backend) {
     set_switch(&app, "split", 30).await;
 
     // Forty callbacks due in a few seconds, split 30/70; one of fluxcb's in flight at the
-    // hand-back (its receiver takes 1.2 s to answer).
-    // Far enough ahead that the export fences fluxcb's before they are due (on AWS the creates
-    // and the export's start take about a second longer than on the embedded store).
-    let lead = if backend == Backend::Aws { 6 } else { 4 };
+    // hand-back (its receiver takes 6 s to answer: the export must still find it on the wire,
+    // and on a busy machine the export against the AWS emulator has taken 5 s).
+    // Far enough ahead that the export fences fluxcb's before they are due, even on a machine
+    // busy compiling (a cold CI run once took more than 6 s on AWS to get there).
+    let lead = if backend == Backend::Aws { 15 } else { 10 };
     let due = (chrono::Utc::now() + chrono::Duration::seconds(lead)).to_rfc3339();
     for i in 0..40 {
         let ext = format!("rb-{i}");
@@ -415,12 +418,12 @@ async fn rollback_from_30_percent(backend: Backend) {
     let (status, slow_row) = post(
         &app,
         &token,
-        json!({"url": receiver.url("/hang/1200"), "external_id": slow}),
+        json!({"url": receiver.url("/hang/6000"), "external_id": slow}),
     )
     .await;
     assert_eq!(status, 201, "{slow_row}");
     receiver
-        .wait_for("/hang/1200", 1, Duration::from_secs(5))
+        .wait_for("/hang/6000", 1, Duration::from_secs(5))
         .await;
     let fluxcb_owned = (0..40)
         .filter(|i| bucket(format!("rb-{i}").as_bytes()) < 30)
@@ -460,7 +463,7 @@ async fn rollback_from_30_percent(backend: Backend) {
     for (path, who) in &seen {
         assert_eq!(who.as_slice(), ["legacy"], "{path}");
     }
-    assert_eq!(receiver.received_on("/hang/1200").len(), 1);
+    assert_eq!(receiver.received_on("/hang/6000").len(), 1);
     // Reads of handed-back ids are answered by legacy, which now has them.
     let (status, one) = get(&app, &token, &format!("/api/callbacks/{}/", slow_row["id"])).await;
     assert_eq!((status, one["status"].as_str()), (200, Some("succeeded")));
