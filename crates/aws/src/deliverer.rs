@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use fluxcb_core::callback::{Callback, LEASE_MARGIN_MS};
 use fluxcb_core::engine::{attempt_delivery, SigningKeys};
 use fluxcb_core::message::{MessageError, QueueMessage};
 use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
@@ -54,11 +55,32 @@ pub struct Deliverer {
     /// bounded overall by the event source's maximum concurrency.
     pub destinations: Arc<Destinations>,
     /// How long a claim lasts: the longest attempt plus a margin. A worker that dies holding a
-    /// callback gives it back when this runs out (the sweeper recovers it).
+    /// callback gives it back when this runs out (the sweeper recovers it). An attempt never
+    /// takes longer than this minus [`LEASE_MARGIN_MS`] ([`Self::attempt_budget`]).
     pub lease: Duration,
 }
 
 impl Deliverer {
+    /// The longest attempt a claim leaves room for: the lease minus the time to record the
+    /// attempt (at least the shortest timeout a callback may have, 100 ms).
+    pub fn attempt_budget(&self) -> Duration {
+        self.lease
+            .saturating_sub(Duration::from_millis(LEASE_MARGIN_MS.into()))
+            .max(Duration::from_millis(100))
+    }
+
+    /// A callback whose own timeout is longer than the lease leaves room for gets the room:
+    /// otherwise its lease could end mid-attempt, and the sweeper would hand it to another
+    /// worker while this one is still sending it.
+    fn within_lease(&self, mut callback: Callback) -> Callback {
+        let budget = u32::try_from(self.attempt_budget().as_millis()).unwrap_or(u32::MAX);
+        if callback.timeout_ms > budget {
+            tracing::debug!(callback_id = %callback.id, timeout_ms = callback.timeout_ms, budget_ms = budget, "attempt timeout cut to fit the claim's lease");
+            callback.timeout_ms = budget;
+        }
+        callback
+    }
+
     /// Handles a batch concurrently; returns the ids of messages to return to the queue (they
     /// become visible again after the visibility timeout).
     pub async fn handle_batch(&self, records: &[Record]) -> Vec<String> {
@@ -108,6 +130,7 @@ impl Deliverer {
             tracing::debug!(callback_id = %id, "stale message: the callback is not due here");
             return Ok(Handled::Stale);
         };
+        let callback = self.within_lease(callback);
         let dest = callback.destination();
         if let Err(until) = self.destinations.try_enter(&dest, Instant::now()) {
             let wait = until.saturating_duration_since(Instant::now());

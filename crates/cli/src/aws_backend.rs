@@ -25,10 +25,6 @@ use crate::app::{
 use crate::config::Settings;
 use fluxcb_delivery::send_now::ImmediateDelivery;
 
-/// The longest attempt (60 s) plus time to record it: a claim's lease. A worker that dies
-/// holding a callback gives it back when this runs out.
-pub const LEASE: Duration = Duration::from_secs(90);
-
 pub struct AwsParts {
     pub resources: AwsResources,
     pub clients: AwsClients,
@@ -137,7 +133,7 @@ impl AwsParts {
                 max_in_flight: settings.destination_max_in_flight,
                 ..DestinationLimits::default()
             })),
-            lease: LEASE,
+            lease: settings.aws_claim_lease,
         })
     }
 

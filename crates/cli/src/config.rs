@@ -68,6 +68,11 @@ pub struct Config {
     /// AWS backend: how long a sent queue message may be overdue before the sweeper presumes it
     /// lost and sends another.
     pub sweep_grace: String,
+    /// AWS backend: how long a worker holds a callback it claimed. One that dies holding it
+    /// gives it back when this runs out (the sweeper returns it to waiting). At least
+    /// `timeout_ms` plus 5 s; an attempt whose callback asks for a longer timeout is cut to
+    /// fit in the lease.
+    pub aws_claim_lease: String,
     /// AWS backend: the callback table, the work queue and its dead letter queue.
     pub dynamodb_table: String,
     pub sqs_queue_url: String,
@@ -105,6 +110,7 @@ impl Default for Config {
             log_format: "auto".into(),
             sweep_interval: "60s".into(),
             sweep_grace: "2m".into(),
+            aws_claim_lease: "90s".into(),
             dynamodb_table: String::new(),
             sqs_queue_url: String::new(),
             sqs_dlq_url: String::new(),
@@ -141,6 +147,7 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "sweep_interval",
     "sweep_grace",
+    "aws_claim_lease",
     "dynamodb_table",
     "sqs_queue_url",
     "sqs_dlq_url",
@@ -214,6 +221,9 @@ pub struct Settings {
     pub batch_body_limit: usize,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
+    /// How long a claim lasts on the AWS backend (at least `timeout_ms` plus
+    /// [`fluxcb_core::callback::LEASE_MARGIN_MS`]).
+    pub aws_claim_lease: Duration,
     /// The AWS backend's table and queues; all three are set when the backend is `aws`.
     pub aws: Option<AwsNames>,
 }
@@ -270,6 +280,11 @@ impl Config {
             &self.sweep_interval,
         );
         let sweep_grace = duration("sweep_grace", "FLUXCB_SWEEP_GRACE", &self.sweep_grace);
+        let aws_claim_lease = duration(
+            "aws_claim_lease",
+            "FLUXCB_AWS_CLAIM_LEASE",
+            &self.aws_claim_lease,
+        );
         let aws = (backend == Some(Backend::Aws)).then(|| AwsNames {
             table: self.dynamodb_table.clone(),
             queue_url: self.sqs_queue_url.clone(),
@@ -334,6 +349,25 @@ impl Config {
             &mut errors,
             (100..=fluxcb_core::callback::MAX_TIMEOUT_MS).contains(&self.timeout_ms),
             "timeout_ms (FLUXCB_TIMEOUT_MS): between 100 and 60000".into(),
+        );
+        // A lease that can end before its attempt does lets a second worker send the callback
+        // while the first is still sending it.
+        let shortest_lease = Duration::from_millis(
+            u64::from(self.timeout_ms) + u64::from(fluxcb_core::callback::LEASE_MARGIN_MS),
+        );
+        let lease_parsed =
+            humantime::parse_duration(&self.aws_claim_lease).is_ok_and(|d| !d.is_zero());
+        require(
+            &mut errors,
+            !lease_parsed || aws_claim_lease >= shortest_lease,
+            format!(
+                "aws_claim_lease (FLUXCB_AWS_CLAIM_LEASE): `{}` is shorter than an attempt \
+                 (timeout_ms, {} ms) plus {} s to record it; use at least {}",
+                self.aws_claim_lease,
+                self.timeout_ms,
+                fluxcb_core::callback::LEASE_MARGIN_MS / 1000,
+                humantime::format_duration(shortest_lease)
+            ),
         );
         require(
             &mut errors,
@@ -477,6 +511,7 @@ impl Config {
             batch_body_limit: self.batch_body_limit,
             sweep_interval,
             sweep_grace,
+            aws_claim_lease,
             aws,
         })
     }
@@ -527,6 +562,40 @@ mod tests {
             serde_json::to_value(&from_file).unwrap(),
             serde_json::to_value(Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn a_claim_lease_must_outlast_an_attempt_and_its_recording() {
+        let with = |lease: &str, timeout_ms: u32| {
+            Config {
+                aws_claim_lease: lease.into(),
+                timeout_ms,
+                ..Config::default()
+            }
+            .validate()
+        };
+        assert_eq!(
+            Config::default().validate().unwrap().aws_claim_lease,
+            Duration::from_secs(90)
+        );
+        // The attempt timeout plus 5 s is the shortest lease allowed.
+        assert_eq!(
+            with("6s", 1_000).unwrap().aws_claim_lease,
+            Duration::from_secs(6)
+        );
+        let err = with("5999ms", 1_000).unwrap_err();
+        assert!(
+            err.contains("aws_claim_lease (FLUXCB_AWS_CLAIM_LEASE)") && err.contains("6s"),
+            "{err}"
+        );
+        // The default lease leaves room for the longest timeout there is (60 s).
+        assert!(with("90s", fluxcb_core::callback::MAX_TIMEOUT_MS).is_ok());
+        let err = with("19s", 15_000).unwrap_err();
+        assert!(err.contains("timeout_ms, 15000 ms"), "{err}");
+        // Not a duration: one message, not a second one about its length.
+        let err = with("soon", 1_000).unwrap_err();
+        assert_eq!(err.matches("aws_claim_lease").count(), 1, "{err}");
+        assert!(err.contains("not a duration"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,11 @@ use crate::tenant::TenantId;
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
 pub const MAX_TIMEOUT_MS: u32 = 60_000;
+/// What a claim's lease leaves beyond the attempt's own timeout: time to read the signing
+/// secrets and record the attempt, and clock differences between workers. A lease shorter than
+/// an attempt plus this could end while the attempt is still on the wire, and the callback
+/// would be sent again by another worker.
+pub const LEASE_MARGIN_MS: u32 = 5_000;
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_METADATA: usize = 32;
 /// Scheduled callbacks may be months ahead, not forever: a year bounds what retention must keep.
