@@ -46,7 +46,12 @@ pub async fn run(args: DemoArgs, log_format: Option<String>) -> Result<(), Strin
     };
     // The receivers verify signatures with this secret, as a real receiver would.
     let secret = SigningSecret::generate();
-    let key = PlainKey::generate().expose().to_owned();
+    // A fresh store gets its admin key the way `serve`'s first start makes one. A kept store
+    // has one already, shown by an earlier run, so the demo configures a new one to print
+    // (which retires the previous run's).
+    let configured_key = temporary
+        .is_none()
+        .then(|| PlainKey::generate().expose().to_owned());
 
     let stop_receivers = CancellationToken::new();
     let receivers = Receivers::start(secret.clone(), stop_receivers.clone())
@@ -57,7 +62,7 @@ pub async fn run(args: DemoArgs, log_format: Option<String>) -> Result<(), Strin
         listen: format!("127.0.0.1:{}", args.port),
         data_dir: data_dir.clone(),
         backend: "sqlite".into(),
-        api_key: Some(key.clone()),
+        api_key: configured_key.clone(),
         signing_secret: Some(secret.expose()),
         allow_private_targets: receivers.allow_list(),
         retry_schedule: RETRY_SCHEDULE.into(),
@@ -73,6 +78,11 @@ pub async fn run(args: DemoArgs, log_format: Option<String>) -> Result<(), Strin
         ),
         other => other.to_string(),
     })?;
+    let key = app
+        .generated_admin_key
+        .clone()
+        .or(configured_key)
+        .ok_or("the store made no admin key to log in with")?;
     let base = format!("http://{}", app.local_addr());
     let plan = Plan {
         per_second: args.rate,
