@@ -149,7 +149,7 @@ async fn import_inserts_refreshes_takes_over_and_leaves_what_fluxcb_owns() {
         .unwrap();
     assert_eq!(
         store
-            .redrive(&legacy, &ListFilter::default(), "op")
+            .redrive(&legacy, &ListFilter::default(), "op", None)
             .await
             .unwrap(),
         1,

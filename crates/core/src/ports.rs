@@ -235,12 +235,16 @@ pub trait CallbackStore: Send + Sync + 'static {
         id: &CallbackId,
         actor: &str,
     ) -> Result<ActionResult, StoreError>;
-    /// Moves every failed callback matching the filter back to pending; returns how many moved.
+    /// Moves failed callbacks matching the filter back to pending: every one, or at most
+    /// `limit` (which ones go first is up to the store), so that a caller can move many in
+    /// short steps instead of one long write. Returns how many moved; fewer than `limit`
+    /// means none were left to move when the store looked.
     async fn redrive(
         &self,
         scope: &Scope,
         filter: &ListFilter,
         actor: &str,
+        limit: Option<u32>,
     ) -> Result<u64, StoreError>;
 
     /// Claims one callback if it is due at `now` (a queue message names it), leasing it until

@@ -350,6 +350,10 @@ pub async fn retry(
     action_response(result, "retry", "failed")
 }
 
+/// The most one limited redrive request may move. Limited steps keep each write short: the
+/// embedded store has one writer, and API Gateway cuts a Lambda's answer off after 29 s.
+const REDRIVE_LIMIT_MAX: u32 = 10_000;
+
 #[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "dead letters",
     request_body = RedriveRequest,
     responses((status = 200, body = RedriveResult), (status = 400, body = Problem)),
@@ -360,6 +364,14 @@ pub async fn redrive(
     body: JsonBody<RedriveRequest>,
 ) -> Result<Json<RedriveResult>, ApiError> {
     let r = body.value;
+    if r.limit
+        .is_some_and(|n| !(1..=REDRIVE_LIMIT_MAX).contains(&n))
+    {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "limit",
+            format!("1-{REDRIVE_LIMIT_MAX}"),
+        )]));
+    }
     let filter = build_filter(
         &caller,
         FilterParts {
@@ -383,7 +395,7 @@ pub async fn redrive(
     }
     let moved = state
         .callbacks
-        .redrive(&caller.scope(), &filter, caller.actor())
+        .redrive(&caller.scope(), &filter, caller.actor(), r.limit)
         .await?;
     if moved > 0 {
         state.notify_queue(&[]).await;

@@ -275,6 +275,10 @@ pub struct RedriveRequest {
     pub tenant: Option<String>,
     /// Move nothing; answer how many would move (`matched`).
     pub dry_run: Option<bool>,
+    /// Move at most this many (1-10000) and answer how many moved; repeat while `moved`
+    /// equals `limit` to move them all in short steps. Omitted: every match in one request.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -214,6 +214,7 @@ impl CallbackStore for SqliteStore {
         scope: &Scope,
         filter: &ListFilter,
         actor: &str,
+        limit: Option<u32>,
     ) -> Result<u64, StoreError> {
         let filter = ListFilter {
             status: Some(Status::Failed),
@@ -221,10 +222,13 @@ impl CallbackStore for SqliteStore {
         };
         let (conds, params) = filter_sql(scope, &filter);
         // Mirrors of legacy rows are redriven by legacy, not here.
-        let query = format!(
+        let mut query = format!(
             "SELECT id FROM callbacks WHERE {} AND owner = 'fluxcb'",
             conds.join(" AND ")
         );
+        if let Some(n) = limit {
+            query.push_str(&format!(" LIMIT {n}"));
+        }
         let actor = actor.to_owned();
         self.writer()
             .write(Durability::Full, move |c| {

@@ -845,7 +845,7 @@ async fn redrive_moves_only_failed_callbacks_matching_the_filter() {
         ..ListFilter::default()
     };
     let moved = store
-        .redrive(&default_scope(), &filter, "operator")
+        .redrive(&default_scope(), &filter, "operator", None)
         .await
         .unwrap();
     assert_eq!(moved, 2, "two failed team=a callbacks on receiver.example");
@@ -902,7 +902,7 @@ async fn redrive_moves_only_failed_callbacks_matching_the_filter() {
     };
     assert_eq!(
         store
-            .redrive(&default_scope(), &other_filter, "tenant-key")
+            .redrive(&default_scope(), &other_filter, "tenant-key", None)
             .await
             .unwrap(),
         2,
@@ -911,7 +911,7 @@ async fn redrive_moves_only_failed_callbacks_matching_the_filter() {
     assert_eq!(status_of(&store, &failed_other[0]).await, Status::Failed);
     assert_eq!(
         store
-            .redrive(&Scope::All, &other_filter, "admin")
+            .redrive(&Scope::All, &other_filter, "admin", None)
             .await
             .unwrap(),
         1

@@ -121,12 +121,17 @@ impl CallbackStore for DynamoStore {
         scope: &Scope,
         filter: &ListFilter,
         actor: &str,
+        limit: Option<u32>,
     ) -> Result<u64, StoreError> {
         let filter = ListFilter {
             status: Some(Status::Failed),
             ..filter.clone()
         };
+        let limit = limit.map_or(u64::MAX, u64::from);
         let mut moved = 0;
+        if limit == 0 {
+            return Ok(moved);
+        }
         let mut before = None;
         loop {
             let items = self.list_items(scope, &filter, before, 200).await?;
@@ -146,6 +151,9 @@ impl CallbackStore for DynamoStore {
                     .await?
                 {
                     moved += 1;
+                    if moved == limit {
+                        return Ok(moved);
+                    }
                 }
             }
             if before.is_none() {

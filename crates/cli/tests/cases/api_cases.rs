@@ -683,6 +683,55 @@ async fn dead_letters_are_listed_and_redriven_in_bulk() {
 }
 
 #[tokio::test]
+async fn a_limited_redrive_moves_at_most_the_limit_each_time() {
+    let Some(app) = spawn_on(BACKEND, |_| {}).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            // Fails once (a dead letter after its one attempt), then takes the redrive.
+            app.create(json!({"url": rx.url(&format!("/flaky/1/limited{i}")), "max_attempts": 1}))
+                .await,
+        );
+    }
+    for id in &ids {
+        app.wait_status(id, "failed", WAIT).await;
+    }
+    for limit in [0, 10_001] {
+        let r = app
+            .post("/v1/dead-letters/redrive", &json!({"limit": limit}))
+            .await;
+        assert_eq!(r.status(), 400, "limit {limit}");
+    }
+    let dry = app
+        .post(
+            "/v1/dead-letters/redrive",
+            &json!({"dry_run": true, "limit": 2}),
+        )
+        .await;
+    assert_eq!(dry.json::<Value>().await.unwrap()["matched"], 5);
+    let mut steps = Vec::new();
+    loop {
+        let r = app
+            .post("/v1/dead-letters/redrive", &json!({"limit": 2}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let moved = r.json::<Value>().await.unwrap()["moved"].as_u64().unwrap();
+        steps.push(moved);
+        if moved < 2 {
+            break;
+        }
+    }
+    assert_eq!(steps, [2, 2, 1]);
+    for id in &ids {
+        app.wait_status(id, "delivered", WAIT).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn signing_secret_rotation_sends_both_signatures() {
     let Some(app) = spawn_on(BACKEND, |_| {}).await else {
         return;
