@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, LEASE_MARGIN_MS};
 use fluxcb_core::engine::{attempt_delivery, SigningKeys};
 use fluxcb_core::message::{MessageError, QueueMessage};
@@ -41,6 +42,10 @@ pub enum Handled {
     /// Unusable message, moved to the dead letter queue with its reason.
     Poison(String),
 }
+
+/// The time a retried attempt record must still have before its claim's lease ends: the write
+/// itself, with the SDK's own retries.
+const RECORD_RESERVE: Duration = Duration::from_secs(1);
 
 pub struct Deliverer {
     pub store: Arc<DynamoStore>,
@@ -177,14 +182,7 @@ impl Deliverer {
             "attempt finished"
         );
         let waits_here = self
-            .store
-            .record_attempt_of(
-                Some(&callback.tenant),
-                &callback.id,
-                step.attempt,
-                step.decision,
-                self.clock.now(),
-            )
+            .record_within_lease(&callback, step.attempt, step.decision, lease_until)
             .await?;
         // Not for a callback handed back to legacy during the attempt: legacy sends it.
         if let (Decision::RetryAt(at), true) = (step.decision, waits_here) {
@@ -196,6 +194,56 @@ impl Deliverer {
             .await;
         }
         Ok(Handled::Attempted)
+    }
+
+    /// Records an attempt that was made. A table that fails for the moment is tried again for
+    /// up to the lease's margin, while the lease leaves time: an attempt whose outcome is not
+    /// recorded is sent again once the lease ends, so giving up at once turns a passing store
+    /// failure into a duplicate delivery.
+    async fn record_within_lease(
+        &self,
+        callback: &Callback,
+        attempt: Attempt,
+        decision: Decision,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut pause = Duration::from_millis(50);
+        let mut failures = 0u32;
+        let started = Instant::now();
+        let margin = Duration::from_millis(LEASE_MARGIN_MS.into());
+        loop {
+            let result = self
+                .store
+                .record_attempt_of(
+                    Some(&callback.tenant),
+                    &callback.id,
+                    attempt.clone(),
+                    decision,
+                    self.clock.now(),
+                )
+                .await;
+            let e = match result {
+                Err(e @ (StoreError::Busy(_) | StoreError::Unavailable(_))) => e,
+                done => {
+                    if failures > 0 && done.is_ok() {
+                        tracing::info!(callback_id = %callback.id, failures, "attempt recorded after the table failed");
+                    }
+                    return done;
+                }
+            };
+            failures += 1;
+            // Stop while a write started now still ends well before the lease does.
+            let left = (lease_until - self.clock.now())
+                .to_std()
+                .unwrap_or_default();
+            if left < pause + RECORD_RESERVE || started.elapsed() + pause > margin {
+                tracing::error!(callback_id = %callback.id, error = %e, failures, "attempt made but not recorded; it will be sent again after its lease");
+                return Err(e);
+            }
+            tracing::warn!(callback_id = %callback.id, error = %e, retry_in_ms = pause.as_millis() as u64, "recording the attempt failed; trying again within the lease");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// A retry within 15 minutes gets its own delayed message; a later one is the sweeper's.

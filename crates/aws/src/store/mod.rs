@@ -36,6 +36,7 @@ mod work;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
@@ -126,20 +127,33 @@ impl DynamoStore {
 }
 
 /// Maps an SDK error to the store's error kinds: throttling becomes `Busy` (503 with
-/// `Retry-After`), an unreachable service `Unavailable`, anything else `Internal`.
-pub(crate) fn store_error<E, R>(op: &str, e: SdkError<E, R>) -> StoreError
+/// `Retry-After`), an unreachable or failing service (a 5xx answer: `InternalServerError`,
+/// `ServiceUnavailable`, or one whose body names no error) `Unavailable` (also a 503: the SDK
+/// has retried it already, a caller may try again later), anything else `Internal`.
+pub(crate) fn store_error<E>(op: &str, e: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
+    let code = e.code().unwrap_or_default().to_owned();
+    let message = e.message().unwrap_or_default().to_owned();
     match &e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
             return StoreError::Unavailable(format!("{op}: DynamoDB is unreachable: {e}"))
         }
+        SdkError::ServiceError(se) if se.raw().status().is_server_error() => {
+            return StoreError::Unavailable(format!(
+                "{op}: DynamoDB failed ({}): {code}: {message}",
+                se.raw().status().as_u16()
+            ))
+        }
+        SdkError::ResponseError(r) if r.raw().status().is_server_error() => {
+            return StoreError::Unavailable(format!(
+                "{op}: DynamoDB failed ({}): {e}",
+                r.raw().status().as_u16()
+            ))
+        }
         _ => {}
     }
-    let code = e.code().unwrap_or_default().to_owned();
-    let message = e.message().unwrap_or_default().to_owned();
     match code.as_str() {
         "ProvisionedThroughputExceededException"
         | "ThrottlingException"
@@ -192,9 +206,38 @@ mod tests {
     use super::*;
 
     fn service_error(code: &str) -> SdkError<PutItemError, Response> {
-        let err = PutItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
-        let raw = Response::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+        answered(400, code)
+    }
+
+    fn answered(status: u16, code: &str) -> SdkError<PutItemError, Response> {
+        let mut meta = ErrorMetadata::builder().message("m");
+        if !code.is_empty() {
+            meta = meta.code(code);
+        }
+        let err = PutItemError::generic(meta.build());
+        let raw = Response::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
         SdkError::service_error(err, raw)
+    }
+
+    /// DynamoDB failing on its side is transient (the caller answers 503 with `Retry-After`),
+    /// also when its answer names no error (an emulator's crash page, a proxy's 502).
+    #[test]
+    fn server_side_failures_are_unavailable_not_internal() {
+        for (status, code) in [
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+            (500, ""),
+            (502, ""),
+        ] {
+            match store_error("op", answered(status, code)) {
+                StoreError::Unavailable(m) => assert!(m.contains(&status.to_string()), "{m}"),
+                other => panic!("{status} {code}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            store_error("op", answered(400, "")),
+            StoreError::Internal(_)
+        ));
     }
 
     #[test]
