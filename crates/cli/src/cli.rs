@@ -1,13 +1,17 @@
-//! Command-line grammar.
+//! Command-line grammar. The examples each `--help` ends with are in [`crate::help`].
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::help;
+use crate::output::Output;
 
 #[derive(Parser)]
 #[command(
     name = "fluxcb",
     version,
-    about = "Callback (webhook) delivery you can trust"
+    about = "Callback (webhook) delivery you can trust",
+    after_help = help::TOP
 )]
 pub struct Cli {
     /// Config file (TOML). Default: ./fluxcb.toml when present.
@@ -39,6 +43,14 @@ pub struct MigrateStoreArgs {
     pub backend: Option<String>,
 }
 
+/// `--output`, on every command that prints a result.
+#[derive(Args, Clone, Copy, Default)]
+pub struct OutputArgs {
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+}
+
 #[derive(Args, Clone)]
 pub struct ClientArgs {
     /// The fluxcb server.
@@ -63,6 +75,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the API, the delivery workers and maintenance (on the embedded store, or with
     /// `--backend aws` on DynamoDB and SQS: container mode).
+    #[command(after_help = help::SERVE)]
     Serve {
         /// Address to listen on [env: FLUXCB_LISTEN] [default: 127.0.0.1:8080]
         #[arg(long)]
@@ -74,20 +87,21 @@ pub enum Command {
         backend: Option<String>,
     },
     /// Manage API keys (opens the store directly).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::KEYS)]
     Keys(KeysCommand),
     /// Move from the legacy services: import their table, compare, hand back (see
     /// docs/migration.md).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::MIGRATE)]
     Migrate(MigrateCommand),
     /// The AWS backend's resources.
     #[cfg(feature = "aws")]
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::AWS)]
     Aws(AwsCommand),
     /// Manage signing secrets (opens the store directly).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::SECRETS)]
     Secrets(SecretsCommand),
     /// Write a consistent copy of the embedded store while it runs.
+    #[command(after_help = help::BACKUP)]
     Backup {
         #[command(flatten)]
         store: StoreArgs,
@@ -97,6 +111,7 @@ pub enum Command {
     },
     /// Replace the store with a backup (fluxcb must be stopped). The replaced store is kept
     /// beside it as fluxcb.db.before-restore-<time>.
+    #[command(after_help = help::RESTORE)]
     Restore {
         #[command(flatten)]
         store: StoreArgs,
@@ -105,53 +120,117 @@ pub enum Command {
         from: PathBuf,
     },
     /// Create a callback.
+    #[command(after_help = help::SEND)]
     Send(SendArgs),
     /// Show one callback with its attempts.
+    #[command(after_help = help::GET)]
     Get {
+        /// The callback's id (cb_...).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
-    /// List callbacks, newest first.
+    /// List callbacks, newest first (one page; --cursor for the next).
+    #[command(after_help = help::LIST)]
     List {
+        /// scheduled, pending, delivering, delivered, failed or cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// Host name of the target URL.
         #[arg(long)]
         host: Option<String>,
         /// key=value
         #[arg(long)]
         metadata: Option<String>,
+        /// The previous page's next cursor.
         #[arg(long)]
         cursor: Option<String>,
+        /// Callbacks per page (1-500, default 50).
         #[arg(long)]
         limit: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Cancel a scheduled or pending callback.
+    #[command(after_help = help::CANCEL)]
     Cancel {
+        /// The callback's id (cb_...).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Send a dead-lettered callback back to the queue.
+    #[command(after_help = help::RETRY)]
     Retry {
+        /// The callback's id (cb_...).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
-    },
-    /// Send every dead letter matching the filter back to the queue.
-    Redrive {
-        #[arg(long)]
-        host: Option<String>,
-        /// key=value
-        #[arg(long)]
-        metadata: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
         #[command(flatten)]
-        client: ClientArgs,
+        output: OutputArgs,
     },
+    /// Send every dead letter matching the filter back to the queue, in steps of --batch
+    /// (progress on stderr); --dry-run only counts them.
+    #[command(after_help = help::REDRIVE)]
+    Redrive(RedriveArgs),
+}
+
+#[derive(Args)]
+pub struct RedriveArgs {
+    /// Host name of the target URL.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// key=value
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Admin keys only: one tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Move nothing; print how many dead letters would move.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Dead letters moved per request (1-10000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl Command {
+    /// The `--output` the command was given (human for commands without one), so that a
+    /// failure can be reported the way its result would have been.
+    pub fn output(&self) -> Output {
+        match self {
+            Command::Send(SendArgs { output, .. })
+            | Command::Get { output, .. }
+            | Command::List { output, .. }
+            | Command::Cancel { output, .. }
+            | Command::Retry { output, .. }
+            | Command::Redrive(RedriveArgs { output, .. })
+            | Command::Keys(
+                KeysCommand::Create { output, .. }
+                | KeysCommand::List { output, .. }
+                | KeysCommand::Revoke { output, .. },
+            )
+            | Command::Secrets(
+                SecretsCommand::Rotate { output, .. } | SecretsCommand::Show { output, .. },
+            )
+            | Command::Migrate(
+                MigrateCommand::Import { output, .. }
+                | MigrateCommand::Compare { output, .. }
+                | MigrateCommand::Export { output, .. },
+            ) => output.output,
+            _ => Output::Human,
+        }
+    }
 }
 
 const DEMO_EXAMPLES: &str = "\
@@ -215,16 +294,17 @@ pub struct SendArgs {
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Subcommand)]
 pub enum MigrateCommand {
     /// Copy the legacy table into fluxcb: mirrors that legacy keeps sending, or with
     /// --take-ownership (after the legacy worker is stopped) callbacks fluxcb delivers; and the
-    /// legacy API tokens, as keys of tenant `legacy`. Idempotent; streams in id order.
-    ///
-    /// Example: fluxcb migrate import --legacy-db postgres://app@db:5432/callbacks --dry-run
-    #[command(verbatim_doc_comment)]
+    /// legacy API tokens, as keys of tenant `legacy`. Idempotent; streams in id order. Exits
+    /// with 5 when it had to skip rows (the report lists them).
+    #[command(verbatim_doc_comment, after_help = help::MIGRATE_IMPORT)]
     Import {
         /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
         #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
@@ -241,20 +321,17 @@ pub enum MigrateCommand {
         /// Continue after this legacy id (what a stopped import printed).
         #[arg(long, default_value_t = 0)]
         after: i64,
-        /// human (default) or json.
-        #[arg(long, default_value = "human")]
-        output: String,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         store: MigrateStoreArgs,
     },
     /// Reconcile the legacy table with fluxcb's records: missing and extra callbacks, field
     /// mismatches, the request fluxcb would send against the one legacy would (URL, method,
     /// headers, body, signature), schedule drift, outcomes, and receivers that would behave
-    /// differently (addresses fluxcb refuses, redirects, non-http schemes). Exits non-zero when
+    /// differently (addresses fluxcb refuses, redirects, non-http schemes). Exits with 5 when
     /// the differences exceed --threshold, so it can gate a cutover. Read-only on both sides.
-    ///
-    /// Example: fluxcb migrate compare --legacy-db postgres://app@db:5432/callbacks --output json
-    #[command(verbatim_doc_comment)]
+    #[command(verbatim_doc_comment, after_help = help::MIGRATE_COMPARE)]
     Compare {
         /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
         #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
@@ -264,7 +341,7 @@ pub enum MigrateCommand {
         /// not compared.
         #[arg(long)]
         legacy_secret: Option<String>,
-        /// Differences allowed before the exit code is non-zero.
+        /// Differences allowed before the exit code is 5.
         #[arg(long, default_value_t = 0)]
         threshold: u64,
         /// Examples shown per category.
@@ -276,9 +353,8 @@ pub enum MigrateCommand {
         /// Seconds to wait for each receiver host name to resolve.
         #[arg(long, default_value_t = 2.0)]
         resolve_timeout: f64,
-        /// human (default) or json.
-        #[arg(long, default_value = "human")]
-        output: String,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         store: MigrateStoreArgs,
     },
@@ -286,9 +362,7 @@ pub enum MigrateCommand {
     /// (fenced first, in-flight attempts waited for, written with their ids, schedule and
     /// attempts; the legacy sequence moved past every fluxcb id). Then set cutover_percent to 0
     /// and start the legacy worker again. Idempotent: rerun it after a failure.
-    ///
-    /// Example: fluxcb migrate export --legacy-db postgres://app@db:5432/callbacks
-    #[command(verbatim_doc_comment)]
+    #[command(verbatim_doc_comment, after_help = help::MIGRATE_EXPORT)]
     Export {
         /// The legacy PostgreSQL database [env: FLUXCB_LEGACY_DATABASE_URL]
         #[arg(long, env = "FLUXCB_LEGACY_DATABASE_URL")]
@@ -296,9 +370,8 @@ pub enum MigrateCommand {
         /// How long to wait for attempts in flight to finish, in seconds.
         #[arg(long, default_value_t = 60)]
         wait: u64,
-        /// human (default) or json.
-        #[arg(long, default_value = "human")]
-        output: String,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         store: MigrateStoreArgs,
     },
@@ -306,32 +379,47 @@ pub enum MigrateCommand {
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Create a key and print it once.
+    /// Create a key and print it once (the key alone on stdout).
+    #[command(after_help = help::KEYS_CREATE)]
     Create {
+        /// The tenant the key acts for (a tenant key sees only this tenant's callbacks).
         #[arg(long)]
         tenant: String,
+        /// A label, unique among keys. Default: <tenant>-<time>.
         #[arg(long)]
         name: Option<String>,
+        /// tenant or admin.
         #[arg(long, default_value = "tenant")]
         role: String,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
+    /// List every key, revoked ones included.
+    #[command(after_help = help::KEYS_LIST)]
     List {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Revoke by id or name.
+    #[command(after_help = help::KEYS_REVOKE)]
     Revoke {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
 #[derive(Subcommand)]
 pub enum SecretsCommand {
     /// Add a new signing secret; the current ones keep signing during the grace period.
+    #[command(after_help = help::SECRETS_ROTATE)]
     Rotate {
         #[arg(long, default_value = "default")]
         tenant: String,
@@ -340,13 +428,18 @@ pub enum SecretsCommand {
         grace: String,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
-    /// Print the active signing secrets of a tenant.
+    /// Print the active signing secrets of a tenant, newest first.
+    #[command(after_help = help::SECRETS_SHOW)]
     Show {
         #[arg(long, default_value = "default")]
         tenant: String,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -356,6 +449,7 @@ pub enum AwsCommand {
     /// Create the callback table and the queues with the template's settings (for an emulator
     /// or a sandbox account; uses the standard AWS environment, including AWS_ENDPOINT_URL),
     /// and print FLUXCB_DYNAMODB_TABLE, FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL.
+    #[command(after_help = help::AWS_BOOTSTRAP)]
     Bootstrap {
         /// Prefix of the resource names: <prefix>-callbacks, <prefix>-work, <prefix>-dead-letters.
         #[arg(long, default_value = "fluxcb")]
@@ -363,6 +457,7 @@ pub enum AwsCommand {
     },
     /// Move messages from the SQS dead letter queue back to the work queue (those that still
     /// cannot be decoded stay). Reads FLUXCB_SQS_QUEUE_URL and FLUXCB_SQS_DLQ_URL.
+    #[command(after_help = help::AWS_REDRIVE_DLQ)]
     RedriveDlq {
         /// At most this many messages.
         #[arg(long, default_value_t = 10_000)]

@@ -8,17 +8,37 @@ pub mod cli;
 mod client;
 pub mod config;
 mod demo;
+pub mod exit;
+mod help;
 mod local;
 pub mod logging;
 mod migrate;
+pub mod output;
+mod progress;
+mod redrive;
 mod upstream;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use exit::{Exit, Failure};
+use output::Output;
+
 pub fn main_entry() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own code for a usage error is 2, which here means "not found".
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Error.code()
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    let output = cli.command.output();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,24 +46,28 @@ pub fn main_entry() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fluxcb: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Error.code();
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("fluxcb: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("fluxcb: {}", failure.message);
+            // A failed check has printed its report as the one document already.
+            if output == Output::Json && failure.exit != Exit::CheckFailed {
+                output::print_json(&failure.to_json());
+            }
+            failure.exit.code()
         }
     }
 }
 
-pub async fn run(cli: cli::Cli) -> Result<(), String> {
+pub async fn run(cli: cli::Cli) -> Result<(), Failure> {
     use cli::Command::*;
     let file = cli.config.as_deref();
     let log_format = cli.log_format.clone();
     match cli.command {
-        Demo(args) => demo::run(args, log_format).await,
+        Demo(args) => Ok(demo::run(args, log_format).await?),
         Serve {
             listen,
             store,
@@ -100,7 +124,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
         Backup { store, out } => local::backup(file, store, &out),
         Restore { store, from } => local::restore(file, store, &from),
         Send(args) => client::send(args).await,
-        Get { id, client } => client::get(&client, &id).await,
+        Get { id, client, output } => client::get(&client, &id, output.output).await,
         List {
             status,
             host,
@@ -108,6 +132,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
             cursor,
             limit,
             client,
+            output,
         } => {
             let mut query = Vec::new();
             for (k, v) in [
@@ -123,15 +148,12 @@ pub async fn run(cli: cli::Cli) -> Result<(), String> {
             if let Some(l) = limit {
                 query.push(("limit", l.to_string()));
             }
-            client::list(&client, &query).await
+            client::list(&client, &query, output.output).await
         }
-        Cancel { id, client } => client::action(&client, &id, "cancel").await,
-        Retry { id, client } => client::action(&client, &id, "retry").await,
-        Redrive {
-            host,
-            metadata,
-            tenant,
-            client,
-        } => client::redrive(&client, host, metadata, tenant).await,
+        Cancel { id, client, output } => {
+            client::action(&client, &id, "cancel", output.output).await
+        }
+        Retry { id, client, output } => client::action(&client, &id, "retry", output.output).await,
+        Redrive(args) => redrive::run(args).await,
     }
 }

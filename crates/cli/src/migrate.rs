@@ -3,7 +3,6 @@
 //! the embedded store, or with `--backend aws` (`FLUXCB_BACKEND=aws`) the AWS backend's table,
 //! with the settings `serve --backend aws` uses. Every command takes the store ports, so both
 //! backends run the same code.
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,12 +10,15 @@ use fluxcb_core::callback::CallbackDefaults;
 use fluxcb_core::ports::{CallbackStore, KeyStore, SecretStore};
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_migrate::compare::{compare, CompareOptions};
-use fluxcb_migrate::import::{import, ImportOptions, ImportReport, Progress, Stores};
-use fluxcb_migrate::LegacyDb;
+use fluxcb_migrate::import::{import, ImportOptions, ImportReport, Stores};
+use fluxcb_migrate::{LegacyDb, LegacyDbError};
 use fluxcb_store_sqlite::SqliteStore;
 
 use crate::cli::{MigrateCommand, MigrateStoreArgs};
 use crate::config::{self, Backend, Overrides, Settings};
+use crate::exit::{Exit, Failure};
+use crate::output::{print_json, Output};
+use crate::progress::ProgressLine;
 
 /// fluxcb's records as the migrate commands see them.
 enum Records {
@@ -67,7 +69,18 @@ impl Records {
     }
 }
 
-pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String> {
+/// Connects to the legacy database; an unreachable one is exit code 4 (try again), a bad URL 1.
+async fn connect(url: &str) -> Result<LegacyDb, Failure> {
+    LegacyDb::connect(url).await.map_err(|e| {
+        let exit = match e {
+            LegacyDbError::Unreachable { .. } => Exit::Unavailable,
+            _ => Exit::Error,
+        };
+        Failure::new(exit, e.to_string())
+    })
+}
+
+pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), Failure> {
     match cmd {
         MigrateCommand::Export {
             legacy_db,
@@ -76,19 +89,16 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
             store,
         } => {
             let records = Records::open(&settings(file, &store)?).await?;
-            let db = LegacyDb::connect(&legacy_db)
-                .await
-                .map_err(|e| e.to_string())?;
+            let db = connect(&legacy_db).await?;
             let report =
                 fluxcb_migrate::export::export(&db, records.callbacks(), Duration::from_secs(wait))
                     .await
                     .map_err(|e| e.to_string())?;
-            match output.as_str() {
-                "json" => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("reports serialise")
-                ),
-                _ => {
+            match output.output {
+                Output::Json => {
+                    print_json(&serde_json::to_value(&report).expect("reports serialise"))
+                }
+                Output::Human => {
                     println!(
                         "Handed back {} callback(s) to the legacy table in {:.1} s",
                         report.written, report.seconds
@@ -127,9 +137,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 timeout_ms: settings.timeout_ms,
             };
             let records = Records::open(&settings).await?;
-            let db = LegacyDb::connect(&legacy_db)
-                .await
-                .map_err(|e| e.to_string())?;
+            let db = connect(&legacy_db).await?;
             let options = ImportOptions {
                 take_ownership,
                 dry_run,
@@ -137,7 +145,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 after,
                 defaults,
             };
-            let bar = ProgressLine::new("import");
+            let bar = ProgressLine::new("import", "rows");
             let report = import(
                 &db,
                 Stores {
@@ -146,18 +154,21 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                     secrets: records.secrets(),
                 },
                 &options,
-                &mut |p| bar.update(p),
+                &mut |p| bar.update(p.done, p.total, Some(last_legacy_id(p.last_id))),
             )
             .await;
             bar.finish();
             let report = report.map_err(|e| e.to_string())?;
-            print_report(&report, &output)?;
+            print_report(&report, output.output);
             if report.skipped.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "{} row(s) were not imported; see the report",
-                    report.skipped.len()
+                Err(Failure::new(
+                    Exit::CheckFailed,
+                    format!(
+                        "{} row(s) were not imported; see the report",
+                        report.skipped.len()
+                    ),
                 ))
             }
         }
@@ -171,9 +182,6 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
             output,
             store,
         } => {
-            if !matches!(output.as_str(), "human" | "json") {
-                return Err(format!("--output must be human or json, not {output}"));
-            }
             let resolve_timeout = Duration::try_from_secs_f64(resolve_timeout)
                 .ok()
                 .filter(|t| !t.is_zero())
@@ -189,9 +197,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                         .map(<[u8]>::to_vec)
                 });
             let records = Records::open(&settings).await?;
-            let db = LegacyDb::connect(&legacy_db)
-                .await
-                .map_err(|e| e.to_string())?;
+            let db = connect(&legacy_db).await?;
             let options = CompareOptions {
                 batch: batch.clamp(1, 5_000),
                 legacy_secret,
@@ -200,26 +206,31 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), String>
                 samples,
                 resolve_timeout,
             };
-            let bar = ProgressLine::new("compare");
-            let report = compare(&db, records.callbacks(), &options, &mut |p| bar.update(p)).await;
+            let bar = ProgressLine::new("compare", "rows");
+            let report = compare(&db, records.callbacks(), &options, &mut |p| {
+                bar.update(p.done, p.total, Some(last_legacy_id(p.last_id)))
+            })
+            .await;
             bar.finish();
             let report = report.map_err(|e| e.to_string())?;
-            match output.as_str() {
-                "json" => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("reports serialise")
-                ),
-                _ => print!("{}", report.human(samples)),
+            match output.output {
+                Output::Json => {
+                    print_json(&serde_json::to_value(&report).expect("reports serialise"))
+                }
+                Output::Human => print!("{}", report.human(samples)),
             }
             if report.passed {
                 Ok(())
             } else {
-                Err(format!(
-                    "{} difference(s) between the legacy table and fluxcb, more than the \
-                     threshold of {}: {}",
-                    report.differences,
-                    report.threshold,
-                    report.breakdown()
+                Err(Failure::new(
+                    Exit::CheckFailed,
+                    format!(
+                        "{} difference(s) between the legacy table and fluxcb, more than the \
+                         threshold of {}: {}",
+                        report.differences,
+                        report.threshold,
+                        report.breakdown()
+                    ),
                 ))
             }
         }
@@ -239,70 +250,14 @@ fn settings(file: Option<&Path>, store: &MigrateStoreArgs) -> Result<Settings, S
     .validate()
 }
 
-/// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise
-/// (logs and CI).
-struct ProgressLine {
-    /// The command, named on the plain lines.
-    what: &'static str,
-    bar: Option<indicatif::ProgressBar>,
-    last_line: std::sync::Mutex<std::time::Instant>,
+fn last_legacy_id(id: i64) -> String {
+    format!("last legacy id {id}")
 }
 
-impl ProgressLine {
-    fn new(what: &'static str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}",
-                )
-                .expect("a valid template"),
-            );
-            bar
-        });
-        Self {
-            what,
-            bar,
-            last_line: std::sync::Mutex::new(std::time::Instant::now()),
-        }
-    }
-
-    fn update(&self, p: Progress) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(p.total.max(p.done));
-                bar.set_position(p.done);
-                bar.set_message(format!("last id {}", p.last_id));
-            }
-            None => {
-                let mut last = self.last_line.lock().expect("not poisoned");
-                if last.elapsed() >= Duration::from_secs(5) {
-                    *last = std::time::Instant::now();
-                    eprintln!(
-                        "{}: {}/{} rows, last legacy id {}",
-                        self.what, p.done, p.total, p.last_id
-                    );
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-fn print_report(report: &ImportReport, output: &str) -> Result<(), String> {
+fn print_report(report: &ImportReport, output: Output) {
     match output {
-        "json" => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(report).expect("reports serialise")
-            );
-        }
-        "human" => {
+        Output::Json => print_json(&serde_json::to_value(report).expect("reports serialise")),
+        Output::Human => {
             let mode = match (report.dry_run, report.take_ownership) {
                 (true, _) => "dry run: nothing written",
                 (false, true) => "fluxcb owns the imported callbacks",
@@ -335,7 +290,5 @@ fn print_report(report: &ImportReport, output: &str) -> Result<(), String> {
                 println!("  skipped token of {user}: {why}");
             }
         }
-        other => return Err(format!("--output must be human or json, not {other}")),
     }
-    Ok(())
 }
