@@ -255,7 +255,11 @@ async fn each_difference_is_caught_in_its_category() {
     )
     .await;
     let (out, report) = compare(&db, data.path(), &secret, &[]);
-    assert!(!out.status.success(), "threshold 0 exceeded: {report:#}");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "threshold 0 exceeded: a failed check: {report:#}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("10 difference(s)") && stderr.contains("threshold of 0"),
@@ -366,7 +370,7 @@ async fn each_difference_is_caught_in_its_category() {
         &[],
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(5), "a failed check: {text}");
     assert!(
         text.contains("FAILED")
             && text.contains("127.0.0.1 (1 rows")

@@ -85,9 +85,10 @@ async fn import_mirrors_then_take_over_and_deliver() {
 
     // First import: every representable row as a mirror, the three others reported.
     let (out, first) = import(&db, data.path(), &[]);
-    assert!(
-        !out.status.success(),
-        "skipped rows make the exit code non-zero"
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "skipped rows make the exit code 5 (a failed check)"
     );
     assert_eq!(count(&first, "rows_read"), ROWS as u64 + 3);
     assert_eq!(count(&first, "inserted"), ROWS as u64);
@@ -227,7 +228,7 @@ async fn an_unreachable_legacy_database_is_a_clear_error() {
         .arg(data.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "unreachable: try again later");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("unreachable") && stderr.contains("127.0.0.1:1"),
