@@ -208,14 +208,19 @@ pub fn callback_detail(cb: &Value) -> String {
 fn attempt_table(attempts: &[Value]) -> String {
     let mut table = Table::new(&["#", "STARTED", "DURATION", "RESULT"]);
     for a in attempts {
-        let result = match (&a["status_code"], a["error"].as_str()) {
+        // An answer's status code says it all (its detail, "HTTP 500 …", repeats it); an
+        // attempt without one (timeout, connect, dns, tls, …) says why with its detail.
+        let error = a["error"].as_str().filter(|e| *e != "http_status");
+        let result = match (&a["status_code"], error) {
             (Value::Number(code), None) => format!("{code}"),
             (Value::Number(code), Some(error)) => format!("{code} {error}"),
             (_, Some(error)) => error.to_owned(),
             (_, None) => "-".into(),
         };
-        let result = match a["error_detail"].as_str() {
-            Some(detail) if !detail.is_empty() => format!("{result}: {}", truncate(detail, 80)),
+        let result = match (error, a["error_detail"].as_str()) {
+            (Some(_), Some(detail)) if !detail.is_empty() => {
+                format!("{result}: {}", truncate(detail, 80))
+            }
             _ => result,
         };
         table.row(vec![
@@ -296,7 +301,7 @@ mod tests {
             "empty values are left out: {text}"
         );
         assert!(
-            text.contains("  1  2026-01-01 00:00:00Z  12 ms     500 http_status\n"),
+            text.contains("  1  2026-01-01 00:00:00Z  12 ms     500\n"),
             "{text}"
         );
     }
