@@ -152,6 +152,7 @@ mod isolation {
         let (busy, calm) = (&keys[0], &keys[1]);
         let mut statuses = Vec::new();
         let mut limited = None;
+        let burst = std::time::Instant::now();
         for _ in 0..15 {
             let r = app.get_as(busy, "/v1/callbacks").await;
             statuses.push(r.status().as_u16());
@@ -162,21 +163,35 @@ mod isolation {
             }
         }
         let ok = statuses.iter().filter(|s| **s == 200).count();
-        assert!((10..=11).contains(&ok), "a burst of twice the rate: {statuses:?}");
+        // The bucket holds twice the rate and refills at 5 a second while the burst runs
+        // (slowly, against the AWS emulator on a busy machine).
+        let refilled = (5.0 * burst.elapsed().as_secs_f64()).ceil() as usize;
+        assert!(
+            (10..=11 + refilled).contains(&ok),
+            "a burst of twice the rate, {refilled} refilled: {statuses:?}"
+        );
         let (retry_after, body) = limited.expect("the key was limited");
         assert!(retry_after.is_some());
         assert_eq!(body["type"], "urn:fluxcb:problem:rate-limited");
         let r = app.get_as(calm, "/v1/callbacks").await;
         assert_eq!(r.status(), 200, "another key is not limited");
-        let r = app
-            .http
-            .get(app.url("/api/callbacks/"))
-            .header("authorization", format!("Token {busy}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 429);
-        let body: Value = r.json().await.unwrap();
+        // The legacy API shares the key's bucket and answers as DRF does. (A few requests, as
+        // the bucket may have refilled a little since the burst on a slow machine.)
+        let mut throttled = None;
+        for _ in 0..5 {
+            let r = app
+                .http
+                .get(app.url("/api/callbacks/"))
+                .header("authorization", format!("Token {busy}"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 429 {
+                throttled = Some(r.json::<Value>().await.unwrap());
+                break;
+            }
+        }
+        let body = throttled.expect("the legacy API limits the same key");
         assert!(
             body["detail"].as_str().unwrap().starts_with("Request was throttled."),
             "{body}"
