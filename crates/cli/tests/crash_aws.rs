@@ -11,14 +11,18 @@
 //! returns it to waiting; a queue message the dead process had received but not claimed is sent
 //! again once overdue by `sweep_grace` (3 s here).
 //!
-//! Also here: `SIGTERM` finishes the attempts the poller has claimed, so a restart sends nothing
-//! twice and leaves no claim for the sweeper; a callback's own timeout longer than its lease
-//! leaves room for is cut to fit; and an attempt whose record DynamoDB refuses for a moment
-//! (`500`s, through a proxy in front of moto) is recorded within its lease, not sent twice.
+//! Also here: `SIGTERM` finishes what the poller has received, so a restart sends nothing twice
+//! and leaves no claim for the sweeper; a callback's own timeout longer than its lease leaves
+//! room for is cut to fit; an attempt whose record DynamoDB refuses for a moment (`500`s,
+//! through a proxy in front of moto) is recorded within its lease, not sent twice; and a sweep
+//! cut short leaves at most one chunk marked as sent without a message.
 //!
 //! What these tests found, since fixed: a DynamoDB `500` (moto fails a `TransactWriteItems`
 //! that races another write) made ingest answer `500` instead of `503` with `Retry-After`, and
-//! left an attempt that had been made unrecorded, so it was sent again after its lease.
+//! left an attempt that had been made unrecorded, so it was sent again after its lease; and the
+//! sweeper marked every candidate before sending any message, so a process killed mid-sweep
+//! (here, sweeps took seconds on a loaded emulator) left them all marked and unsent, each
+//! waiting another grace period.
 //!
 //! CI size: 10 kills, 48 requests (16 single callbacks, 32 batches of 6: 208 callbacks), since
 //! moto copies a table for every `TransactWriteItems`. Larger, with a moto running
@@ -131,8 +135,15 @@ impl AwsServer {
 
 impl Drop for AwsServer {
     /// A failing test shows the server's warnings and errors (the log goes with the temporary
-    /// directory).
+    /// directory); `FLUXCB_CRASH_AWS_KEEP_LOGS=<dir>` keeps each test's whole log there.
     fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("FLUXCB_CRASH_AWS_KEEP_LOGS") {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("server")
+                .replace("::", "-");
+            let _ = std::fs::copy(&self.log, PathBuf::from(dir).join(format!("{name}.log")));
+        }
         if std::thread::panicking() || std::env::var_os("FLUXCB_CRASH_AWS_SHOW_LOG").is_some() {
             let log = self.log();
             let lines: Vec<&str> = log
@@ -547,9 +558,10 @@ async fn many_kills_of_serve_backend_aws_lose_nothing_acknowledged() {
     server.sigterm();
 }
 
-/// SIGTERM on AWS: the poller stops receiving, the attempts it has claimed finish and are
-/// recorded, and the process exits; a restart then sends nothing twice and has no claim to
-/// wait out. The lease is long here (30 s): a graceful stop must leave nothing for it.
+/// SIGTERM on AWS: the poller stops receiving, the messages it has received are handled (their
+/// attempts finish and are recorded), and the process exits; a restart then sends nothing twice
+/// and has no claim to wait out. The lease is long here (30 s): a graceful stop must leave
+/// nothing for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_serve_backend_aws_finishes_claimed_attempts_so_nothing_is_sent_twice() {
     let Some(aws) = AwsServer::new("3000", "30s").await else {
@@ -584,9 +596,18 @@ async fn sigterm_of_serve_backend_aws_finishes_claimed_attempts_so_nothing_is_se
     }
     assert_eq!(ids.len(), total);
 
+    // The signal comes while a request that arrived a moment ago is still hanging (ingest of
+    // the second batch can outlast the first deliveries, so a count alone is not enough).
     assert!(
-        wait_until(Duration::from_secs(30), || receiver.received().len() >= 10).await,
-        "no delivery started"
+        wait_until(Duration::from_secs(30), || {
+            let got = receiver.received();
+            got.len() >= 10
+                && got
+                    .iter()
+                    .any(|r| r.at.elapsed() < Duration::from_millis(300))
+        })
+        .await,
+        "no delivery on the wire"
     );
     let term_at = Instant::now();
     server.sigterm();
@@ -755,7 +776,8 @@ async fn an_attempt_never_outlasts_its_claims_lease() {
 }
 
 /// A loopback HTTP proxy in front of the emulator that answers `500` with an empty body (as a
-/// failing front end might) to the next `fail` DynamoDB `TransactWriteItems` calls, and passes
+/// failing front end might) to the next `fail` calls of one operation (`X-Amz-Target` ending
+/// in `operation`: DynamoDB's `TransactWriteItems`, SQS's `SendMessageBatch`), and passes
 /// everything else through.
 struct FailingProxy {
     url: String,
@@ -766,6 +788,7 @@ struct FailingProxy {
 #[derive(Clone)]
 struct ProxyState {
     upstream: String,
+    operation: &'static str,
     http: reqwest::Client,
     fail: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -783,7 +806,7 @@ async fn forward(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if target.ends_with(".TransactWriteItems")
+    if target.ends_with(st.operation)
         && st
             .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -816,11 +839,12 @@ async fn forward(
 }
 
 impl FailingProxy {
-    async fn start(upstream: &str) -> Self {
+    async fn start(upstream: &str, operation: &'static str) -> Self {
         let fail = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
         let state = ProxyState {
             upstream: upstream.trim_end_matches('/').to_owned(),
+            operation,
             http: reqwest::Client::new(),
             fail: fail.clone(),
             failed: failed.clone(),
@@ -844,7 +868,7 @@ async fn an_attempt_whose_record_fails_for_a_moment_is_recorded_within_its_lease
     let Some(moto) = common::aws::endpoint() else {
         return;
     };
-    let proxy = FailingProxy::start(&moto).await;
+    let proxy = FailingProxy::start(&moto, ".TransactWriteItems").await;
     let Some(aws) = AwsServer::new(TIMEOUT_MS, LEASE).await else {
         return;
     };
@@ -900,4 +924,146 @@ async fn an_attempt_whose_record_fails_for_a_moment_is_recorded_within_its_lease
     assert!(retried >= 1, "the deliverer did not retry the record");
     assert_eq!(aws.log_lines_with(RECOVERED_LINE), 0, "the lease ran out");
     server.sigterm();
+}
+
+/// The sweeper marks each candidate before sending its message (so that two sweepers never
+/// both send), and used to mark every candidate before sending any: a sweep cut short (a
+/// crash, the Lambda function's timeout under a big backlog, a failed send) left all of them
+/// marked with no message, each then waiting another grace period, and a backlog too big to
+/// mark within the function's timeout never moved. Now each chunk is sent as soon as it is
+/// marked: a sweep whose sends fail leaves at most one chunk marked, and the rest are found
+/// by the next sweep at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_cut_short_leaves_at_most_one_chunk_marked_without_a_message() {
+    use fluxcb_aws::queue::SqsQueue;
+    use fluxcb_aws::store::{DynamoStore, StoreRetention};
+    use fluxcb_aws::sweeper::{Sweeper, CHUNK};
+    use fluxcb_core::callback::{Callback, CallbackDefaults, NewCallback};
+    use fluxcb_core::id::CallbackId;
+    use fluxcb_core::ports::{CallbackStore, IngestBatch};
+    use fluxcb_core::tenant::TenantId;
+
+    const LOST: usize = 100;
+    let Some(moto) = common::aws::endpoint() else {
+        return;
+    };
+    let proxy = FailingProxy::start(&moto, ".SendMessageBatch").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path());
+    common::fresh_aws_resources(&mut config).await;
+    let clients = fluxcb_aws::AwsClients::from_env().await;
+    // Long enough that a callback marked by the failed sweep is not a candidate again while
+    // the test counts them.
+    let grace = chrono::TimeDelta::seconds(60);
+    let store = Arc::new(
+        DynamoStore::new(
+            clients.dynamodb.clone(),
+            config.dynamodb_table.clone(),
+            StoreRetention::default(),
+        )
+        .with_sweep_grace(grace),
+    );
+    // Written as ingest writes them two minutes ago, with no message sent after: lost sends,
+    // every one a candidate now that the grace period has passed.
+    let now = chrono::Utc::now();
+    let written = now - chrono::TimeDelta::minutes(2);
+    let callbacks: Vec<Callback> = (0..LOST)
+        .map(|n| {
+            let spec = NewCallback {
+                url: "http://127.0.0.1:9/lost".into(),
+                payload: Some(json!({ "n": n })),
+                ..NewCallback::default()
+            }
+            .validate(now)
+            .unwrap();
+            Callback::accept(
+                CallbackId::generate(),
+                TenantId::default_tenant(),
+                spec,
+                &CallbackDefaults {
+                    max_attempts: 3,
+                    timeout_ms: 1_000,
+                },
+                "test".into(),
+                written,
+            )
+        })
+        .collect();
+    let ids: HashSet<String> = callbacks.iter().map(|c| c.id.to_string()).collect();
+    store
+        .ingest(IngestBatch {
+            tenant: TenantId::default_tenant(),
+            callbacks,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let candidates = |store: Arc<DynamoStore>| async move {
+        store
+            .sweep_candidates(chrono::Utc::now(), 10_000)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(candidates(store.clone()).await, LOST);
+
+    // The sweeper's queue goes through the proxy, which refuses every send.
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        clients
+            .sqs
+            .config()
+            .to_builder()
+            .endpoint_url(&proxy.url)
+            .build(),
+    );
+    let sweeper = Sweeper {
+        store: store.clone(),
+        queue: SqsQueue::new(
+            sqs,
+            config.sqs_queue_url.clone(),
+            config.sqs_dlq_url.clone(),
+        ),
+        limit: 10_000,
+    };
+    proxy.fail.store(usize::MAX, Ordering::SeqCst);
+    assert!(sweeper.sweep_once(chrono::Utc::now()).await.is_err());
+    let left = candidates(store.clone()).await;
+    let marked = LOST - left;
+    eprintln!(
+        "sweep with failing sends: {marked} of {LOST} marked without a message, {} sends refused",
+        proxy.failed.load(Ordering::SeqCst)
+    );
+    assert!(proxy.failed.load(Ordering::SeqCst) > 0, "no send was tried");
+    assert!(
+        marked <= CHUNK,
+        "{marked} callbacks marked as sent with no message sent (at most one chunk, {CHUNK})"
+    );
+
+    // The queue answers again: the next sweep sends what it did not mark, and the marked
+    // ones go out once their grace period has passed (a sweep a minute on). Delayed, never
+    // lost.
+    proxy.fail.store(0, Ordering::SeqCst);
+    sweeper.sweep_once(chrono::Utc::now()).await.unwrap();
+    let later = chrono::Utc::now() + grace + chrono::TimeDelta::seconds(1);
+    sweeper.sweep_once(later).await.unwrap();
+    let mut sent = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent.len() < LOST && Instant::now() < deadline {
+        let out = clients
+            .sqs
+            .receive_message()
+            .queue_url(&config.sqs_queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            let body: Value = serde_json::from_str(m.body().unwrap_or_default()).unwrap();
+            if let Some(id) = body["callback_id"].as_str() {
+                sent.insert(id.to_owned());
+            }
+        }
+    }
+    assert_eq!(sent, ids, "every lost send was made again");
 }
