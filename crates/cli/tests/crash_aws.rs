@@ -29,6 +29,7 @@
 //! (`eval "$(bash scripts/moto.sh start)"`; moto, not fluxcb, sets the pace, so a debug build
 //! does), by one command:
 //! `FLUXCB_CRASH_AWS_KILLS=30 FLUXCB_CRASH_AWS_REQUESTS=150 cargo test -p fluxcb --test crash_aws many_kills -- --nocapture`
+//! (30 kills, 650 callbacks: 0 lost, 18 duplicates, 6.5 minutes on 2 busy cores).
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
