@@ -209,7 +209,7 @@ async fn a_steady_mixed_load_ends_where_the_policy_says_without_growing() {
 
     // Drain: every callback delivered or dead-lettered.
     let (want_delivered, want_failed): (HashSet<String>, HashSet<String>) = {
-        let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+        let ledger = ledger.lock().unwrap();
         let (d, f): (Vec<_>, Vec<_>) = ledger
             .accepted
             .iter()
