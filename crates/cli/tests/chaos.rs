@@ -252,7 +252,9 @@ async fn chaos(backend: Backend, callbacks: usize) {
         }));
     }
     let Some(app) = spawn_on(backend, |c| {
-        c.timeout_ms = 300;
+        // Well under the 2 s hangs and drips, and well over what a prompt answer takes on a
+        // machine busy compiling (300 ms once timed out a 200 there).
+        c.timeout_ms = 1_000;
         c.retry_schedule = "50ms,100ms,150ms".into();
     })
     .await

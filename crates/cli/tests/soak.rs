@@ -54,7 +54,7 @@ impl Behaviour {
             Self::Ok => format!("/ok/s{n}"),
             Self::FailsOnce => format!("/flaky/1/s{n}"),
             Self::Unavailable => "/status/503?retry_after=1".into(),
-            Self::Hangs => "/hang/1000".into(),
+            Self::Hangs => "/hang/2500".into(),
             Self::Gone => "/status/410".into(),
         }
     }
@@ -176,7 +176,7 @@ async fn a_steady_mixed_load_ends_where_the_policy_says_without_growing() {
             "url": if behaviour.broken() { &broken_rx } else { &rx }.url(&behaviour.path(n)),
             "payload": {"n": n},
             "max_attempts": 3,
-            "timeout_ms": 300,
+            "timeout_ms": 1_000,
         });
         let (http, base, ledger) = (ingest_http.clone(), base.clone(), ledger.clone());
         requests.spawn(async move {
