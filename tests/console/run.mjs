@@ -251,9 +251,18 @@ try {
     await page.waitForSelector("#destinations tbody tr");
     const text = await page.textContent("#destinations");
     assert(/127\.0\.0\.1/.test(text) && /closed|open/.test(text), `destinations: ${text}`);
-    assert(/not available/.test(text), "pause shows as not available");
+    // The registered destination (made by the test before the run): pause, then resume.
+    await page.waitForSelector("#registered tbody tr button");
+    let registered = await page.textContent("#registered");
+    assert(/127\.0\.0\.1/.test(registered) && /active/.test(registered), `registered: ${registered}`);
+    await page.click("#registered tbody tr button");
+    await page.waitForFunction(() => /paused/.test(document.querySelector("#registered")?.textContent ?? ""));
     await shot(page, "09-destinations");
     await accessible(page, "destinations");
+    await page.click("#registered tbody tr button");
+    await page.waitForFunction(() => /active/.test(document.querySelector("#registered")?.textContent ?? ""));
+    registered = await page.textContent("#registered");
+    assert(!/paused/.test(registered), `resumed: ${registered}`);
   });
 
   await check("migration: mode and cutover changed through the form", async () => {

@@ -136,8 +136,12 @@ impl Deliverer {
             return Ok(Handled::Stale);
         };
         let callback = self.within_lease(callback);
-        let dest = callback.destination();
-        if let Err(until) = self.destinations.try_enter(&dest, Instant::now()) {
+        // Registered destinations are not served on AWS yet: every callback goes by its origin
+        // under the installation's limits.
+        let origin = callback.destination();
+        let dest = origin.as_str();
+        let limits = self.destinations.default_limits();
+        if let Err(until) = self.destinations.try_enter(dest, &limits, Instant::now()) {
             let wait = until.saturating_duration_since(Instant::now());
             let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
             self.store.defer(vec![(id, at)]).await?;
@@ -153,7 +157,7 @@ impl Deliverer {
             Ok(s) => s,
             Err(e) => {
                 self.destinations
-                    .finish(&dest, Verdict::Neutral, Instant::now());
+                    .finish(dest, Verdict::Neutral, Instant::now());
                 // Leave it claimed: the lease brings it back once the table answers again.
                 return Err(e);
             }
@@ -170,7 +174,7 @@ impl Deliverer {
         )
         .await;
         let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
-        self.destinations.finish(&dest, verdict, Instant::now());
+        self.destinations.finish(dest, verdict, Instant::now());
         record_metrics(&callback, &step, self.clock.now());
         tracing::info!(
             callback_id = %callback.id,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
 use fluxcb_core::callback::CallbackDefaults;
+use fluxcb_core::directory::DestinationDirectory;
 use fluxcb_core::ports::{
     CallbackStore, Clock, Due, KeyStore, LegacyTable, NewApiKey, Queue, SecretStore, SendNow,
     Sender, StoreError, SystemClock,
@@ -17,6 +18,7 @@ use fluxcb_core::tenant::TenantId;
 use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
 use fluxcb_delivery::dispatcher::{DeliveryParts, Dispatcher, DispatcherConfig};
 use fluxcb_delivery::maintenance::{self, Retention};
+use fluxcb_delivery::routes::DestinationRoutes;
 use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_delivery::send_now::ImmediateDelivery;
 use fluxcb_delivery::sender::{HttpSender, SenderConfig};
@@ -183,6 +185,7 @@ pub fn api_state(
     callbacks: Arc<dyn CallbackStore>,
     keys: Arc<dyn KeyStore>,
     secrets: Arc<dyn SecretStore>,
+    destinations: Arc<DestinationDirectory>,
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     metrics: Option<fluxcb_http::MetricsRender>,
@@ -192,6 +195,7 @@ pub fn api_state(
         callbacks,
         keys,
         secrets,
+        destinations,
         clock,
         defaults: CallbackDefaults {
             max_attempts: settings.max_attempts,
@@ -217,15 +221,19 @@ pub fn api_state(
     })
 }
 
-/// The outbound HTTP client with the SSRF policy and timeouts from the settings.
-pub fn http_sender(settings: &Settings) -> Result<HttpSender, StartError> {
-    HttpSender::new(SenderConfig {
+/// The outbound HTTP client's SSRF policy, timeouts and trust from the settings.
+pub fn sender_config(settings: &Settings) -> SenderConfig {
+    SenderConfig {
         policy: TargetPolicy::with_allowed(settings.allow_private_targets.clone()),
         connect_timeout: settings.connect_timeout,
         ca_bundle: settings.ca_bundle.clone(),
         ..SenderConfig::default()
-    })
-    .map_err(|e| StartError::Sender(e.to_string()))
+    }
+}
+
+/// The outbound HTTP client with the SSRF policy and timeouts from the settings.
+pub fn http_sender(settings: &Settings) -> Result<HttpSender, StartError> {
+    HttpSender::new(sender_config(settings)).map_err(|e| StartError::Sender(e.to_string()))
 }
 
 impl App {
@@ -285,10 +293,22 @@ impl App {
         let sender = http_sender(settings)?;
         let wake = Arc::new(Notify::new());
         let store_arc = Arc::new(store.clone());
-        let destinations = Arc::new(Destinations::new(DestinationLimits {
+        let limits = DestinationLimits {
             max_in_flight: settings.destination_max_in_flight,
             ..DestinationLimits::default()
-        }));
+        };
+        let destinations = Arc::new(Destinations::new(limits.clone()));
+        let directory = Arc::new(DestinationDirectory::new(
+            store_arc.clone(),
+            fluxcb_core::directory::DEFAULT_TTL,
+        ));
+        let routes = Arc::new(DestinationRoutes::new(
+            directory.clone(),
+            limits,
+            settings.max_attempts,
+            settings.retry.clone(),
+            sender_config(settings),
+        ));
         let sender: Arc<dyn Sender> = Arc::new(sender);
         let secret_cache = Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5)));
         let send_now = ImmediateDelivery {
@@ -312,11 +332,13 @@ impl App {
             policy: settings.retry.clone(),
             clock: clock.clone(),
             destinations: destinations.clone(),
+            routes,
         });
         let dispatcher = Dispatcher::new(
             parts,
             DispatcherConfig {
                 max_in_flight: settings.max_in_flight,
+                paused_recheck: settings.paused_recheck,
                 ..DispatcherConfig::default()
             },
             wake.clone(),
@@ -326,6 +348,7 @@ impl App {
             store_arc.clone(),
             store_arc.clone(),
             store_arc,
+            directory,
             Arc::new(WakeDispatcher(wake)),
             clock.clone(),
             Some(with_destinations(prometheus(), destinations.clone())),

@@ -95,6 +95,10 @@ impl AwsParts {
             self.store.clone(),
             self.store.clone(),
             self.store.clone(),
+            Arc::new(fluxcb_core::directory::DestinationDirectory::new(
+                self.store.clone(),
+                fluxcb_core::directory::DEFAULT_TTL,
+            )),
             Arc::new(self.queue.clone()),
             self.clock.clone(),
             metrics,

@@ -59,6 +59,8 @@ pub struct Config {
     pub idempotency_retention: String,
     pub max_in_flight: usize,
     pub destination_max_in_flight: usize,
+    /// How long a callback to a paused destination waits before it is looked at again.
+    pub paused_recheck: String,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub log_format: String,
@@ -105,6 +107,7 @@ impl Default for Config {
             idempotency_retention: "24h".into(),
             max_in_flight: 512,
             destination_max_in_flight: 64,
+            paused_recheck: "15s".into(),
             body_limit: 256 * 1024,
             batch_body_limit: 4 * 1024 * 1024,
             log_format: "auto".into(),
@@ -142,6 +145,7 @@ const ENV_KEYS: &[&str] = &[
     "idempotency_retention",
     "max_in_flight",
     "destination_max_in_flight",
+    "paused_recheck",
     "body_limit",
     "batch_body_limit",
     "log_format",
@@ -217,6 +221,7 @@ pub struct Settings {
     pub idempotency_retention: Duration,
     pub max_in_flight: usize,
     pub destination_max_in_flight: usize,
+    pub paused_recheck: Duration,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub sweep_interval: Duration,
@@ -280,6 +285,11 @@ impl Config {
             &self.sweep_interval,
         );
         let sweep_grace = duration("sweep_grace", "FLUXCB_SWEEP_GRACE", &self.sweep_grace);
+        let paused_recheck = duration(
+            "paused_recheck",
+            "FLUXCB_PAUSED_RECHECK",
+            &self.paused_recheck,
+        );
         let aws_claim_lease = duration(
             "aws_claim_lease",
             "FLUXCB_AWS_CLAIM_LEASE",
@@ -511,6 +521,7 @@ impl Config {
             batch_body_limit: self.batch_body_limit,
             sweep_interval,
             sweep_grace,
+            paused_recheck,
             aws_claim_lease,
             aws,
         })

@@ -468,6 +468,16 @@ async fn console_end_to_end_in_headless_chromium() {
     assert_eq!(v["headers"]["X-Api-Token"], "***");
     assert_eq!(v["headers"]["X-Hub-Signature"], "***");
 
+    // A registered destination for the receiver, which the browser pauses and resumes.
+    let r = app
+        .post_as(
+            &app.key,
+            "/v1/destinations",
+            &json!({ "match": { "origin": format!("http://{rx}") }, "description": "test receiver" }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+
     let shots = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
@@ -543,7 +553,7 @@ async fn the_console_on_the_aws_backend() {
         "urn:fluxcb:problem:unsupported"
     );
     let v: Value = http
-        .get(app.url("/v1/destinations"))
+        .get(app.url("/v1/destinations/health"))
         .header(COOKIE, &cookie)
         .send()
         .await

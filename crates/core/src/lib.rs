@@ -8,6 +8,8 @@
 //! - [`attempt`]: one delivery attempt and its outcome as data with stable error codes.
 //! - [`retry`]: the retry policy (schedule, jitter, `Retry-After`, 410).
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
+//! - [`destination`], [`directory`]: registered destinations, their settings and how they
+//!   resolve; each node's briefly cached copy of them.
 //! - [`target`]: which IP addresses a delivery may dial (the SSRF policy).
 //! - [`ports`]: the traits adapters implement (stores, sender, clock).
 //! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
@@ -21,6 +23,8 @@
 pub mod attempt;
 pub mod auth;
 pub mod callback;
+pub mod destination;
+pub mod directory;
 pub mod engine;
 pub mod event;
 pub mod id;

@@ -12,6 +12,7 @@ use url::Url;
 use crate::attempt::{Attempt, SendOutcome};
 use crate::auth::{ApiKey, Role};
 use crate::callback::{Callback, Method};
+use crate::destination::{DestinationId, RegisteredDestination};
 use crate::event::Event;
 use crate::id::CallbackId;
 use crate::retry::Decision;
@@ -499,6 +500,52 @@ pub trait SecretStore: Send + Sync + 'static {
         secret: &SigningSecret,
         retire_old_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+}
+
+/// Registered destinations. Reads are served by every backend (none registered by default);
+/// a backend without registrations refuses the writes.
+#[async_trait]
+pub trait DestinationStore: Send + Sync + 'static {
+    /// Whether registrations can be written here.
+    fn supports_registration(&self) -> bool {
+        false
+    }
+    /// Every registration of the tenant, in no particular order.
+    async fn list_destinations(
+        &self,
+        _tenant: &TenantId,
+    ) -> Result<Vec<RegisteredDestination>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn get_destination(
+        &self,
+        _id: &DestinationId,
+    ) -> Result<Option<RegisteredDestination>, StoreError> {
+        Ok(None)
+    }
+    /// `Conflict` when the tenant already has a registration with the same match.
+    async fn create_destination(&self, _d: &RegisteredDestination) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "registering destinations is not served by this backend yet".into(),
+        ))
+    }
+    /// Replaces the registration if it is still at `expected_revision`; `Conflict` if another
+    /// change came first (or the new match is taken), `Ok(false)` if it is gone.
+    async fn update_destination(
+        &self,
+        _d: &RegisteredDestination,
+        _expected_revision: u64,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unsupported(
+            "registering destinations is not served by this backend yet".into(),
+        ))
+    }
+    /// Whether there was one to delete.
+    async fn delete_destination(&self, _id: &DestinationId) -> Result<bool, StoreError> {
+        Err(StoreError::Unsupported(
+            "registering destinations is not served by this backend yet".into(),
+        ))
+    }
 }
 
 /// A committed callback and when it is due.

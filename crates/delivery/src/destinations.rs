@@ -1,14 +1,18 @@
-//! Protecting receivers (and our capacity) per destination: a concurrency limit, and a circuit
-//! breaker that stops sending to a destination after consecutive failures. Callbacks held back
-//! by either are deferred, not failed: no attempt is counted against them.
+//! Protecting receivers (and our capacity) per destination: a concurrency limit, a smoothed
+//! rate limit, and a circuit breaker that stops sending to a destination after consecutive
+//! failures. Callbacks held back by any of them are deferred, not failed: no attempt is counted
+//! against them.
+//!
+//! A destination here is a key: a registration of its own (its limits apply to what it covers),
+//! or an origin (`scheme://host:port`) for callbacks no registration claims.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fluxcb_core::attempt::ErrorCode;
-use fluxcb_core::callback::Destination;
 use fluxcb_core::retry::Decision;
 
+/// The installation's limits, for destinations without settings of their own.
 #[derive(Clone, Debug)]
 pub struct DestinationLimits {
     pub max_in_flight: usize,
@@ -34,9 +38,36 @@ impl Default for DestinationLimits {
     }
 }
 
-#[derive(Default, Debug)]
+impl DestinationLimits {
+    /// The limits of a destination without settings of its own.
+    pub fn entry(&self) -> EntryLimits {
+        EntryLimits {
+            max_in_flight: self.max_in_flight,
+            rate_per_second: None,
+            failure_threshold: self.failure_threshold,
+            open_for: self.open_for,
+        }
+    }
+}
+
+/// One destination's limits, as its settings resolve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryLimits {
+    pub max_in_flight: usize,
+    pub rate_per_second: Option<f64>,
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug)]
 struct State {
+    limits: EntryLimits,
     in_flight: usize,
+    /// The rate limiter's next free slot (GCRA's theoretical arrival time).
+    next_slot: Option<Instant>,
+    /// Slots promised to callbacks already deferred by the rate limit, so that each comes back
+    /// at its own turn rather than all at the next one.
+    promised_until: Option<Instant>,
     consecutive_failures: u32,
     open_until: Option<Instant>,
     /// Number of times the breaker has opened without a success since.
@@ -76,9 +107,32 @@ pub struct DestinationHealth {
     pub circuit_open: bool,
 }
 
+impl State {
+    fn new(limits: EntryLimits) -> Self {
+        Self {
+            limits,
+            in_flight: 0,
+            next_slot: None,
+            promised_until: None,
+            consecutive_failures: 0,
+            open_until: None,
+            openings: 0,
+            probing: false,
+        }
+    }
+
+    fn is_idle(&self, now: Instant) -> bool {
+        self.in_flight == 0
+            && self.consecutive_failures == 0
+            && self.open_until.is_none()
+            && self.next_slot.is_none_or(|t| t <= now)
+            && self.promised_until.is_none_or(|t| t <= now)
+    }
+}
+
 pub struct Destinations {
     limits: DestinationLimits,
-    states: Mutex<HashMap<Destination, State>>,
+    states: Mutex<HashMap<String, State>>,
     /// Label values published by the last [`Self::publish_metrics`], so that a destination
     /// that went quiet is set back to zero rather than left at its last value.
     published: Mutex<std::collections::HashSet<String>>,
@@ -153,10 +207,19 @@ impl Destinations {
         }
     }
 
-    /// Takes a slot for one attempt, or says until when to wait.
-    pub fn try_enter(&self, dest: &Destination, now: Instant) -> Result<(), Instant> {
+    /// The limits of a destination without settings of its own.
+    pub fn default_limits(&self) -> EntryLimits {
+        self.limits.entry()
+    }
+
+    /// Takes a slot for one attempt to `key` under `limits`, or says until when to wait.
+    pub fn try_enter(&self, key: &str, limits: &EntryLimits, now: Instant) -> Result<(), Instant> {
         let mut states = self.states.lock().expect("destinations poisoned");
-        let st = states.entry(dest.clone()).or_default();
+        let st = states
+            .entry(key.to_owned())
+            .or_insert_with(|| State::new(limits.clone()));
+        // Settings changed through the API apply from the next attempt.
+        st.limits = limits.clone();
         if let Some(until) = st.open_until {
             if until > now {
                 return Err(until);
@@ -165,19 +228,32 @@ impl Destinations {
             if st.probing {
                 return Err(now + self.limits.busy_retry);
             }
-            st.probing = true;
         }
-        if st.in_flight >= self.limits.max_in_flight {
+        if st.in_flight >= limits.max_in_flight {
             return Err(now + self.limits.busy_retry);
+        }
+        if let Some(rate) = limits.rate_per_second {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            match st.next_slot {
+                Some(slot) if slot > now => {
+                    let promised = st.promised_until.filter(|p| *p > slot).unwrap_or(slot);
+                    st.promised_until = Some(promised + interval);
+                    return Err(promised);
+                }
+                _ => st.next_slot = Some(now + interval),
+            }
+        }
+        if st.open_until.is_some() {
+            st.probing = true;
         }
         st.in_flight += 1;
         Ok(())
     }
 
     /// Releases the slot taken by [`Self::try_enter`] and learns from the outcome.
-    pub fn finish(&self, dest: &Destination, verdict: Verdict, now: Instant) {
+    pub fn finish(&self, key: &str, verdict: Verdict, now: Instant) {
         let mut states = self.states.lock().expect("destinations poisoned");
-        let Some(st) = states.get_mut(dest) else {
+        let Some(st) = states.get_mut(key) else {
             return;
         };
         st.in_flight = st.in_flight.saturating_sub(1);
@@ -198,25 +274,36 @@ impl Destinations {
                 let opens = if was_probe {
                     true
                 } else {
-                    !already_open && st.consecutive_failures >= self.limits.failure_threshold
+                    !already_open && st.consecutive_failures >= st.limits.failure_threshold
                 };
                 if opens {
                     let factor = 2u32.saturating_pow(st.openings.min(16));
-                    let open_for = self
+                    let open_for = st
                         .limits
                         .open_for
                         .saturating_mul(factor)
-                        .min(self.limits.max_open_for);
-                    tracing::warn!(destination = %dest, ?open_for, "circuit opened");
+                        .min(self.limits.max_open_for.max(st.limits.open_for));
+                    tracing::warn!(destination = %key, ?open_for, "circuit opened");
                     st.open_until = Some(now + open_for);
                     st.openings += 1;
                 }
             }
             Verdict::Neutral => {}
         }
-        if st.in_flight == 0 && st.consecutive_failures == 0 && st.open_until.is_none() {
-            states.remove(dest);
+        if st.is_idle(now) {
+            states.remove(key);
         }
+    }
+
+    /// The live state of one destination (`None`: nothing to report).
+    pub fn health_of(&self, key: &str, now: Instant) -> Option<DestinationHealth> {
+        let states = self.states.lock().expect("destinations poisoned");
+        states.get(key).map(|s| DestinationHealth {
+            destination: key.to_owned(),
+            in_flight: s.in_flight,
+            consecutive_failures: s.consecutive_failures,
+            circuit_open: s.open_until.is_some_and(|u| u > now),
+        })
     }
 
     /// Destinations with anything to report (in flight, failing or open), for operators.
@@ -225,7 +312,7 @@ impl Destinations {
         let mut out: Vec<_> = states
             .iter()
             .map(|(d, s)| DestinationHealth {
-                destination: d.to_string(),
+                destination: d.clone(),
                 in_flight: s.in_flight,
                 consecutive_failures: s.consecutive_failures,
                 circuit_open: s.open_until.is_some_and(|u| u > now),
@@ -240,8 +327,10 @@ impl Destinations {
 mod tests {
     use super::*;
 
-    fn dest() -> Destination {
-        Destination::of(&"http://127.0.0.1:9/".parse().unwrap())
+    const DEST: &str = "http://127.0.0.1:9";
+
+    fn dest() -> &'static str {
+        DEST
     }
 
     #[test]
@@ -251,11 +340,11 @@ mod tests {
             ..Default::default()
         });
         let now = Instant::now();
-        assert!(d.try_enter(&dest(), now).is_ok());
-        assert!(d.try_enter(&dest(), now).is_ok());
-        assert!(d.try_enter(&dest(), now).is_err());
-        d.finish(&dest(), Verdict::Healthy, now);
-        assert!(d.try_enter(&dest(), now).is_ok());
+        assert!(d.try_enter(dest(), &d.limits.entry(), now).is_ok());
+        assert!(d.try_enter(dest(), &d.limits.entry(), now).is_ok());
+        assert!(d.try_enter(dest(), &d.limits.entry(), now).is_err());
+        d.finish(dest(), Verdict::Healthy, now);
+        assert!(d.try_enter(dest(), &d.limits.entry(), now).is_ok());
     }
 
     #[test]
@@ -268,27 +357,27 @@ mod tests {
         let d = Destinations::new(limits);
         let t0 = Instant::now();
         for _ in 0..3 {
-            d.try_enter(&dest(), t0).unwrap();
-            d.finish(&dest(), Verdict::Unhealthy, t0);
+            d.try_enter(dest(), &d.limits.entry(), t0).unwrap();
+            d.finish(dest(), Verdict::Unhealthy, t0);
         }
-        let until = d.try_enter(&dest(), t0).unwrap_err();
+        let until = d.try_enter(dest(), &d.limits.entry(), t0).unwrap_err();
         assert_eq!(until, t0 + Duration::from_secs(10));
         assert!(d.health(t0)[0].circuit_open);
         // After the open period one probe goes through, a second waits for its verdict.
         let t1 = t0 + Duration::from_secs(11);
-        d.try_enter(&dest(), t1).unwrap();
-        assert!(d.try_enter(&dest(), t1).is_err());
+        d.try_enter(dest(), &d.limits.entry(), t1).unwrap();
+        assert!(d.try_enter(dest(), &d.limits.entry(), t1).is_err());
         // A failed probe reopens for twice as long.
-        d.finish(&dest(), Verdict::Unhealthy, t1);
+        d.finish(dest(), Verdict::Unhealthy, t1);
         assert_eq!(
-            d.try_enter(&dest(), t1).unwrap_err(),
+            d.try_enter(dest(), &d.limits.entry(), t1).unwrap_err(),
             t1 + Duration::from_secs(20)
         );
         // A successful probe closes it.
         let t2 = t1 + Duration::from_secs(21);
-        d.try_enter(&dest(), t2).unwrap();
-        d.finish(&dest(), Verdict::Healthy, t2);
-        assert!(d.try_enter(&dest(), t2).is_ok());
+        d.try_enter(dest(), &d.limits.entry(), t2).unwrap();
+        d.finish(dest(), Verdict::Healthy, t2);
+        assert!(d.try_enter(dest(), &d.limits.entry(), t2).is_ok());
     }
 
     /// Found by the network-fault test: 64 attempts in flight when the network went away all
@@ -299,15 +388,62 @@ mod tests {
         let d = Destinations::new(DestinationLimits::default());
         let t0 = Instant::now();
         for _ in 0..64 {
-            d.try_enter(&dest(), t0).unwrap();
+            d.try_enter(dest(), &d.limits.entry(), t0).unwrap();
         }
         for _ in 0..64 {
-            d.finish(&dest(), Verdict::Unhealthy, t0);
+            d.finish(dest(), Verdict::Unhealthy, t0);
         }
         assert_eq!(
-            d.try_enter(&dest(), t0).unwrap_err(),
+            d.try_enter(dest(), &d.limits.entry(), t0).unwrap_err(),
             t0 + DestinationLimits::default().open_for
         );
+    }
+
+    #[test]
+    fn the_rate_limit_spreads_attempts_and_gives_each_deferred_one_its_own_turn() {
+        let d = Destinations::new(DestinationLimits::default());
+        let limits = EntryLimits {
+            rate_per_second: Some(10.0),
+            ..d.limits.entry()
+        };
+        let t0 = Instant::now();
+        let step = Duration::from_millis(100);
+        d.try_enter(dest(), &limits, t0).unwrap();
+        d.finish(dest(), Verdict::Healthy, t0);
+        // The next three wait for the next three slots, not all for the first.
+        let waits: Vec<_> = (0..3)
+            .map(|_| d.try_enter(dest(), &limits, t0).unwrap_err() - t0)
+            .collect();
+        assert_eq!(waits, [step, step * 2, step * 3]);
+        // At the slot, one goes through and the next waits a whole interval.
+        let t1 = t0 + step;
+        d.try_enter(dest(), &limits, t1).unwrap();
+        assert!(d.try_enter(dest(), &limits, t1).unwrap_err() >= t1 + step);
+        // Without a limit nothing waits.
+        let free = d.limits.entry();
+        for _ in 0..10 {
+            d.try_enter("http://other:80", &free, t0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_destination_threshold_of_its_own_applies() {
+        let d = Destinations::new(DestinationLimits::default());
+        let strict = EntryLimits {
+            failure_threshold: 2,
+            open_for: Duration::from_secs(1),
+            ..d.limits.entry()
+        };
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            d.try_enter(dest(), &strict, t0).unwrap();
+            d.finish(dest(), Verdict::Unhealthy, t0);
+        }
+        assert_eq!(
+            d.try_enter(dest(), &strict, t0).unwrap_err(),
+            t0 + Duration::from_secs(1)
+        );
+        assert!(d.health_of(dest(), t0).unwrap().circuit_open);
     }
 
     #[test]
@@ -334,12 +470,12 @@ mod tests {
             ..Default::default()
         });
         let now = Instant::now();
-        let at = |port: u16| Destination::of(&format!("http://127.0.0.1:{port}/").parse().unwrap());
+        let at = |port: u16| format!("http://127.0.0.1:{port}");
         // Port 1 fails (breaker opens); ports 2..=4 each hold one attempt in flight.
-        d.try_enter(&at(1), now).unwrap();
+        d.try_enter(&at(1), &d.limits.entry(), now).unwrap();
         d.finish(&at(1), Verdict::Unhealthy, now);
         for p in 2..=4 {
-            d.try_enter(&at(p), now).unwrap();
+            d.try_enter(&at(p), &d.limits.entry(), now).unwrap();
         }
         let g = d.gauges(now, 2);
         assert_eq!(g.len(), 3, "{g:?}");

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::destinations::{Destinations, Verdict};
+use crate::routes::{DestinationRoutes, Route};
 use crate::secrets::SecretCache;
 
 #[derive(Clone, Debug)]
@@ -38,6 +39,10 @@ pub struct DispatcherConfig {
     pub shutdown_grace: Duration,
     /// Pause after a round whose every claim was deferred.
     pub busy_pause: Duration,
+    /// How long a callback to a paused destination waits before it is looked at again (so a
+    /// resume applies within it). Each look is a claim and a deferral: shorter costs more
+    /// store writes while a destination with a backlog stays paused.
+    pub paused_recheck: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -49,6 +54,7 @@ impl Default for DispatcherConfig {
             idle_poll: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),
             busy_pause: Duration::from_millis(50),
+            paused_recheck: Duration::from_secs(15),
         }
     }
 }
@@ -71,6 +77,7 @@ pub struct DeliveryParts {
     pub policy: RetryPolicy,
     pub clock: Arc<dyn Clock>,
     pub destinations: Arc<Destinations>,
+    pub routes: Arc<DestinationRoutes>,
 }
 
 pub struct Dispatcher {
@@ -173,12 +180,25 @@ impl Dispatcher {
             let batch = p.store.claim_due(&tenant, now, limit, lease_until).await?;
             claimed += batch.len();
             for callback in batch {
-                let dest = callback.destination();
+                let route = match p.routes.route(&callback).await {
+                    Ok(route) => route,
+                    Err(e) => {
+                        tracing::warn!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot read the registered destinations; holding the callback back");
+                        deferred.push((callback.id, Utc::now() + chrono::Duration::seconds(1)));
+                        continue;
+                    }
+                };
+                if route.paused {
+                    let wait =
+                        chrono::Duration::from_std(self.config.paused_recheck).unwrap_or_default();
+                    deferred.push((callback.id, Utc::now() + wait));
+                    continue;
+                }
                 let instant = Instant::now();
-                match p.destinations.try_enter(&dest, instant) {
+                match p.destinations.try_enter(&route.key, &route.limits, instant) {
                     Ok(()) => {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            p.destinations.finish(&dest, Verdict::Neutral, instant);
+                            p.destinations.finish(&route.key, Verdict::Neutral, instant);
                             deferred.push((callback.id, Utc::now()));
                             continue;
                         };
@@ -187,7 +207,7 @@ impl Dispatcher {
                         tasks.spawn(async move {
                             let in_flight = metrics::gauge!(names::IN_FLIGHT);
                             in_flight.increment(1.0);
-                            deliver(&parts, &callback).await;
+                            deliver(&parts, &callback, &route).await;
                             in_flight.decrement(1.0);
                             drop(permit);
                         });
@@ -223,35 +243,39 @@ impl Dispatcher {
     }
 }
 
-async fn deliver(parts: &DeliveryParts, callback: &Callback) {
-    let dest = callback.destination();
-    let secrets = match parts.secrets.get(&callback.tenant).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Without its secrets the callback cannot be signed: leave it claimed; the lease
-            // brings it back once the store recovers.
-            tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot load signing secrets");
-            parts
-                .destinations
-                .finish(&dest, Verdict::Neutral, Instant::now());
-            return;
-        }
+async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) {
+    let secrets = match &route.secrets {
+        Some(own) => own.clone(),
+        None => match parts.secrets.get(&callback.tenant).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Without its secrets the callback cannot be signed: leave it claimed; the
+                // lease brings it back once the store recovers.
+                tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot load signing secrets");
+                parts
+                    .destinations
+                    .finish(&route.key, Verdict::Neutral, Instant::now());
+                return;
+            }
+        },
     };
     let step = attempt_delivery(
-        callback,
-        parts.sender.as_ref(),
+        &route.applied_to(callback),
+        route.sender.as_deref().unwrap_or(parts.sender.as_ref()),
         SigningKeys {
             standard: &secrets,
             legacy: parts.legacy_secret.as_deref(),
         },
-        &parts.policy,
+        route.policy.as_deref().unwrap_or(&parts.policy),
         parts.clock.as_ref(),
     )
     .await;
     // The receiver is done with us: free its slot now rather than after our own commit, so a
     // destination's concurrency limit bounds requests to it, not our disk's latency.
     let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
-    parts.destinations.finish(&dest, verdict, Instant::now());
+    parts
+        .destinations
+        .finish(&route.key, verdict, Instant::now());
     record_metrics(callback, &step, parts.clock.now());
     tracing::debug!(
         callback_id = %callback.id,

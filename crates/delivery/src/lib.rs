@@ -3,7 +3,9 @@
 //! - [`connector`], [`sender`]: the HTTP client. The connector checks every address it dials
 //!   against the SSRF policy, after DNS, so no spelling of a private address and no DNS answer
 //!   can get a request through.
-//! - [`destinations`]: per-destination concurrency limits and circuit breakers.
+//! - [`destinations`]: per-destination concurrency and rate limits and circuit breakers.
+//! - [`routes`]: what a callback is delivered with: its registered destination's settings,
+//!   limits key, secrets and TLS client.
 //! - [`dispatcher`]: claims due callbacks tenant by tenant and runs the engine's one-step
 //!   delivery for each, under a global in-flight cap.
 //! - [`maintenance`]: lease recovery and retention.
@@ -14,6 +16,7 @@ pub mod connector;
 pub mod destinations;
 pub mod dispatcher;
 pub mod maintenance;
+pub mod routes;
 pub mod secrets;
 pub mod send_now;
 pub mod sender;

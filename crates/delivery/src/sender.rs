@@ -70,6 +70,23 @@ pub struct SenderConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Idle connections kept per host for reuse.
     pub pool_idle_per_host: usize,
+    /// PEM CA certificates trusted in addition (a registered destination's own bundle).
+    pub extra_roots_pem: Option<String>,
+    /// A client certificate presented to receivers that ask for one (mTLS).
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub certificate_chain_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
 }
 
 impl SenderConfig {
@@ -83,6 +100,8 @@ impl SenderConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ca_bundle: None,
             pool_idle_per_host: Self::DEFAULT_POOL_IDLE_PER_HOST,
+            extra_roots_pem: None,
+            client_identity: None,
         }
     }
 }
@@ -112,6 +131,9 @@ pub enum SenderBuildError {
     },
     #[error("TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
+    /// A destination's own CA bundle or client certificate (text given through the API).
+    #[error("{0}")]
+    DestinationTls(String),
 }
 
 type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
@@ -145,14 +167,42 @@ impl HttpSender {
     }
 
     fn build(config: SenderConfig, connector: GuardedConnector) -> Result<Self, SenderBuildError> {
-        let roots = root_store(config.ca_bundle.as_deref())?;
+        let mut roots = root_store(config.ca_bundle.as_deref())?;
+        if let Some(pem) = &config.extra_roots_pem {
+            for cert in pem_certificates(pem, "the CA bundle")? {
+                roots.add(cert).map_err(|e| {
+                    SenderBuildError::DestinationTls(format!(
+                        "the CA bundle has a certificate that cannot be a trust anchor: {e}"
+                    ))
+                })?;
+            }
+        }
         // Explicit, so the choice does not depend on which crypto features other crates
         // in the build happen to enable.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let tls = match &config.client_identity {
+            None => tls.with_no_client_auth(),
+            Some(identity) => {
+                let chain =
+                    pem_certificates(&identity.certificate_chain_pem, "the client certificate")?;
+                let key = rustls_pemfile::private_key(&mut identity.key_pem.as_bytes())
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        SenderBuildError::DestinationTls(
+                            "the client key holds no PEM private key".into(),
+                        )
+                    })?;
+                tls.with_client_auth_cert(chain, key).map_err(|e| {
+                    SenderBuildError::DestinationTls(format!(
+                        "the client certificate and key do not go together: {e}"
+                    ))
+                })?
+            }
+        };
         let https = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -324,6 +374,22 @@ fn root_store(ca_bundle: Option<&Path>) -> Result<RootCertStore, SenderBuildErro
         tracing::warn!("no trusted CA certificates: every https delivery will fail");
     }
     Ok(roots)
+}
+
+/// The certificates of PEM text given through the API (at least one).
+pub fn pem_certificates(
+    pem: &str,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, SenderBuildError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| SenderBuildError::DestinationTls(format!("{what} is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(SenderBuildError::DestinationTls(format!(
+            "{what} holds no PEM certificates"
+        )));
+    }
+    Ok(certs)
 }
 
 /// Reads until the end of the body or [`BODY_READ_LIMIT`], keeping the first

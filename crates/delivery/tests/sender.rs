@@ -15,7 +15,7 @@ use fluxcb_core::attempt::{ErrorCode, SendOutcome, BODY_EXCERPT_LIMIT};
 use fluxcb_core::callback::{validate_url, Method};
 use fluxcb_core::ports::{OutboundRequest, Sender};
 use fluxcb_core::target::{parse_allow_list, TargetPolicy};
-use fluxcb_delivery::sender::{HttpSender, SenderBuildError, SenderConfig};
+use fluxcb_delivery::sender::{ClientIdentity, HttpSender, SenderBuildError, SenderConfig};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -785,4 +785,144 @@ fn ca_bundle_problems_stop_the_build() {
     assert!(with(garbled.0.clone()).is_err());
     let good = TempFile::with("good.pem", TEST_CA_PEM);
     assert!(with(good.0.clone()).is_ok());
+}
+
+// mTLS: a second private CA that signs client certificates, and one client certificate with its
+// key, valid until 2126, made with openssl for these tests only.
+
+const TEST_CLIENT_CA_PEM: &str = r"-----BEGIN CERTIFICATE-----
+MIIBpjCCAU2gAwIBAgIUB/IRamgpWzkAWUpRLDXLFZwJYMYwCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVZmx1eGNiIHRlc3QgY2xpZW50IENBMCAXDTI2MTEyNzAyMTQy
+OFoYDzIxMjYxMTAzMDIxNDI4WjAgMR4wHAYDVQQDDBVmbHV4Y2IgdGVzdCBjbGll
+bnQgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATzx6W4U/nFfNKqUCq+GWrI
+RijL+ckLo3HPNCSxmwgqqqER6ixc+ZJZBNYHf+bBquilR3kbLlmDCxQFUKO+3+ql
+o2MwYTAdBgNVHQ4EFgQU0rFNzjKPrqimdb4YDWp4PqDly/gwHwYDVR0jBBgwFoAU
+0rFNzjKPrqimdb4YDWp4PqDly/gwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8E
+BAMCAgQwCgYIKoZIzj0EAwIDRwAwRAIgKwt3L4LMhht53n66jsmmri0sCavVZ0or
+7MkuBdsVjCUCIDo4Twk6+yv2niZplWxzY5byRF8XgDC7u+m2fjFnK5s5
+-----END CERTIFICATE-----
+";
+
+const TEST_CLIENT_PEM: &str = r"-----BEGIN CERTIFICATE-----
+MIIBtDCCAVmgAwIBAgIUAtvagMN48OMZyc+HBt8aCwkMak0wCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVZmx1eGNiIHRlc3QgY2xpZW50IENBMCAXDTI2MTEyNzAyMTQy
+OVoYDzIxMjYxMTAzMDIxNDI5WjAdMRswGQYDVQQDDBJmbHV4Y2IgdGVzdCBjbGll
+bnQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATEqkhp9TAT3IB9B63fHS75TSYF
+gSHjM6zqswxRMWfPD97+XvLVsGxz2URePoM0ymsJAzJtBfIzi+T9O/Jvqrb7o3Iw
+cDAJBgNVHRMEAjAAMA4GA1UdDwEB/wQEAwIHgDATBgNVHSUEDDAKBggrBgEFBQcD
+AjAdBgNVHQ4EFgQUTXFrl0WgkrYliHCZVi7KPHtilGUwHwYDVR0jBBgwFoAU0rFN
+zjKPrqimdb4YDWp4PqDly/gwCgYIKoZIzj0EAwIDSQAwRgIhAOaZtJQzpcoQ46QP
+AAL+t31TU5iEC1quXWPriHHtjj4NAiEAs4wwkt8/Qvqm5APKXczc1/l2cNLTRs/8
+FQJuQL0hlF8=
+-----END CERTIFICATE-----
+";
+
+const TEST_CLIENT_KEY: &str = r"-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwkZzk3wKIjXPEHJc
+s6KU8sbeY8G4pLOX4SpiTinc/NShRANCAATEqkhp9TAT3IB9B63fHS75TSYFgSHj
+M6zqswxRMWfPD97+XvLVsGxz2URePoM0ymsJAzJtBfIzi+T9O/Jvqrb7
+-----END PRIVATE KEY-----
+";
+
+/// An HTTPS server that insists on a client certificate from the client CA, and answers with
+/// how many certificates the client presented.
+async fn mtls_server() -> Server {
+    let certs = rustls_pemfile::certs(&mut TEST_LEAF_PEM.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut TEST_LEAF_KEY.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut client_roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut TEST_CLIENT_CA_PEM.as_bytes()) {
+        client_roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Server::start(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let presented = tls.get_ref().1.peer_certificates().map_or(0, |c| c.len());
+            let service =
+                hyper::service::service_fn(move |_req: hyper::Request<Incoming>| async move {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
+                        "client certificates: {presented}"
+                    )))))
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        }
+    })
+    .await
+}
+
+fn identity() -> ClientIdentity {
+    ClientIdentity {
+        certificate_chain_pem: TEST_CLIENT_PEM.to_owned(),
+        key_pem: TEST_CLIENT_KEY.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_a_receiver_that_asks() {
+    let server = mtls_server().await;
+    let sender = HttpSender::new(SenderConfig {
+        extra_roots_pem: Some(TEST_CA_PEM.to_owned()),
+        client_identity: Some(identity()),
+        ..SenderConfig::new(loopback_policy())
+    })
+    .unwrap();
+    let outcome = send(&sender, request(&https_url(&server), PATIENCE)).await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.body_excerpt, b"client certificates: 1");
+
+    // The same receiver refuses a client without one; trusting its CA is not enough.
+    let anonymous = HttpSender::new(SenderConfig {
+        extra_roots_pem: Some(TEST_CA_PEM.to_owned()),
+        ..SenderConfig::new(loopback_policy())
+    })
+    .unwrap();
+    let outcome = send(&anonymous, request(&https_url(&server), PATIENCE)).await;
+    assert!(!outcome.is_success(), "{outcome:?}");
+}
+
+#[test]
+fn a_destination_tls_setting_that_cannot_be_used_stops_the_build() {
+    let with = |config: SenderConfig| HttpSender::new(config).unwrap_err();
+    let base = || SenderConfig::new(loopback_policy());
+    let no_cert = with(SenderConfig {
+        extra_roots_pem: Some("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into()),
+        ..base()
+    });
+    assert!(
+        matches!(no_cert, SenderBuildError::DestinationTls(_)),
+        "{no_cert}"
+    );
+    let keyless = with(SenderConfig {
+        client_identity: Some(ClientIdentity {
+            certificate_chain_pem: TEST_CLIENT_PEM.to_owned(),
+            key_pem: TEST_CLIENT_PEM.to_owned(),
+        }),
+        ..base()
+    });
+    assert!(
+        keyless.to_string().contains("no PEM private key"),
+        "{keyless}"
+    );
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
 use fluxcb_core::callback::{Callback, FieldError, NewCallback};
+use fluxcb_core::destination::Matched;
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{Due, IdempotencyRecord, IngestBatch, IngestResult};
 use fluxcb_core::tenant::TenantId;
@@ -187,16 +188,28 @@ async fn ingest(
     let now = state.clock.now();
     let mut callbacks = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
+    // A registered destination's wire format applies to callbacks that do not name one, fixed
+    // at acceptance: the receiver verifies what it was told to expect.
+    let registrations = state.destinations.registrations(&tenant).await?;
     for (i, item) in items.into_iter().enumerate() {
+        let names_format = item.wire_format.is_some();
         match NewCallback::from(item).validate(now) {
-            Ok(spec) => callbacks.push(Callback::accept(
-                CallbackId::generate(),
-                tenant.clone(),
-                spec,
-                &state.defaults,
-                caller.actor().to_owned(),
-                now,
-            )),
+            Ok(mut spec) => {
+                if !names_format {
+                    let matched = Matched::find(&registrations, &spec.url);
+                    if let Some(format) = matched.settings().wire_format {
+                        spec.wire_format = format;
+                    }
+                }
+                callbacks.push(Callback::accept(
+                    CallbackId::generate(),
+                    tenant.clone(),
+                    spec,
+                    &state.defaults,
+                    caller.actor().to_owned(),
+                    now,
+                ))
+            }
             Err(errs) if batch => errors.extend(
                 errs.into_iter()
                     .map(|e| e.prefixed(&format!("callbacks[{i}]"))),

@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 mod callbacks;
 pub mod console;
+pub mod destinations;
 pub mod dto;
 pub mod error;
 mod extract;
@@ -62,6 +63,8 @@ pub struct AppParts {
     pub callbacks: Arc<dyn CallbackStore>,
     pub keys: Arc<dyn KeyStore>,
     pub secrets: Arc<dyn SecretStore>,
+    /// Registered destinations, as this node last read them.
+    pub destinations: Arc<fluxcb_core::directory::DestinationDirectory>,
     pub clock: Arc<dyn Clock>,
     pub defaults: CallbackDefaults,
     pub limits: ApiLimits,
@@ -124,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(migration::router())
         .merge(stats::router())
+        .merge(destinations::router())
         .merge(console::router())
         .merge(openapi::router())
         .layer(axum::extract::DefaultBodyLimit::max(

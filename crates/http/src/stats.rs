@@ -27,7 +27,7 @@ const TOP: usize = 5;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/stats", get(stats))
-        .route("/v1/destinations", get(destinations))
+        .route("/v1/destinations/health", get(destinations))
         .route("/v1/dead-letters/groups", get(dead_letter_groups))
 }
 
@@ -239,7 +239,7 @@ pub async fn stats(
 pub struct DestinationsView {
     /// Whether this process runs the delivery engine and can tell (false on Lambda's API).
     pub available: bool,
-    /// Pausing and resuming a destination is not implemented yet.
+    /// Whether destinations can be registered (and so paused) on this backend.
     pub pause_supported: bool,
     /// Destinations with anything to report (in flight, failing or open) right now.
     pub destinations: Vec<DestinationLoad>,
@@ -256,7 +256,7 @@ fn host_of(destination: &str) -> &str {
     }
 }
 
-#[utoipa::path(get, path = "/v1/destinations", tag = "stats",
+#[utoipa::path(get, path = "/v1/destinations/health", tag = "destinations",
     responses((status = 200, body = DestinationsView)), security(("bearer" = [])))]
 pub async fn destinations(
     State(state): State<AppState>,
@@ -265,7 +265,7 @@ pub async fn destinations(
     let Some(read) = state.console.destination_health.get() else {
         return Ok(Json(DestinationsView {
             available: false,
-            pause_supported: false,
+            pause_supported: state.destinations.store().supports_registration(),
             destinations: Vec::new(),
         }));
     };
@@ -281,7 +281,7 @@ pub async fn destinations(
     }
     Ok(Json(DestinationsView {
         available: true,
-        pause_supported: false,
+        pause_supported: state.destinations.store().supports_registration(),
         destinations: loads,
     }))
 }

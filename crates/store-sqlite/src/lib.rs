@@ -9,6 +9,7 @@
 //! the writer.
 
 mod callbacks;
+mod destinations;
 pub mod error;
 mod files;
 mod keys;

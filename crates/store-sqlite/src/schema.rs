@@ -178,6 +178,18 @@ INSERT OR IGNORE INTO callback_tags (key, value, callback_id)
     SELECT j.key, j.value, c.id FROM callbacks c, json_each(c.metadata) j
     WHERE j.type = 'text';
 "#,
+    r#"
+-- Registered destinations (version 5): one JSON record each, read whole by every node's cache.
+-- A tenant cannot register the same match twice.
+CREATE TABLE destinations (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    match_key   TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    record      TEXT NOT NULL,
+    UNIQUE (tenant, match_key)
+);
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -24,6 +24,7 @@
 //! legacy id first, with its total count.
 mod admin;
 mod callbacks;
+mod destinations;
 mod handback;
 mod import;
 mod ingest;
