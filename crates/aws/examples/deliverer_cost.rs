@@ -190,6 +190,7 @@ async fn run(count: usize, receiver: SocketAddr) {
         policy: RetryPolicy::default(),
         clock: Arc::new(SystemClock),
         destinations: Arc::new(Destinations::new(DestinationLimits::default())),
+        routes: None,
         lease: Duration::from_secs(90),
     };
     let records: Vec<Record> = ids

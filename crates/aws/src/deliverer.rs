@@ -15,6 +15,7 @@ use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
 use fluxcb_core::retry::{Decision, RetryPolicy};
 use fluxcb_delivery::destinations::{Destinations, Verdict};
 use fluxcb_delivery::dispatcher::record_metrics;
+use fluxcb_delivery::routes::DestinationRoutes;
 use fluxcb_delivery::secrets::SecretCache;
 use futures_util::future::join_all;
 
@@ -47,6 +48,10 @@ pub enum Handled {
 /// itself, with the SDK's own retries.
 const RECORD_RESERVE: Duration = Duration::from_secs(1);
 
+/// How long a callback to a paused destination waits before a worker looks at it again (a
+/// resume applies within it): each look is a claim, a deferral and a queue message.
+pub const PAUSED_RECHECK: Duration = Duration::from_secs(15);
+
 pub struct Deliverer {
     pub store: Arc<DynamoStore>,
     pub queue: SqsQueue,
@@ -59,6 +64,9 @@ pub struct Deliverer {
     /// Per instance: each Lambda instance (or container) protects destinations on its own,
     /// bounded overall by the event source's maximum concurrency.
     pub destinations: Arc<Destinations>,
+    /// Registered destinations (`None`: every callback goes by its origin under the
+    /// installation's settings).
+    pub routes: Option<Arc<DestinationRoutes>>,
     /// How long a claim lasts: the longest attempt plus a margin. A worker that dies holding a
     /// callback gives it back when this runs out (the sweeper recovers it). An attempt never
     /// takes longer than this minus [`LEASE_MARGIN_MS`] ([`Self::attempt_budget`]).
@@ -135,12 +143,35 @@ impl Deliverer {
             tracing::debug!(callback_id = %id, "stale message: the callback is not due here");
             return Ok(Handled::Stale);
         };
+        let route = match &self.routes {
+            // Unreadable registrations: leave it claimed, the lease brings it back.
+            Some(routes) => Some(routes.route(&callback).await?),
+            None => None,
+        };
+        let callback = match &route {
+            Some(r) => r.applied_to(&callback).into_owned(),
+            None => callback,
+        };
         let callback = self.within_lease(callback);
-        // Registered destinations are not served on AWS yet: every callback goes by its origin
-        // under the installation's limits.
-        let origin = callback.destination();
-        let dest = origin.as_str();
-        let limits = self.destinations.default_limits();
+        if route.as_ref().is_some_and(|r| r.paused) {
+            let at = now + chrono::Duration::from_std(PAUSED_RECHECK).unwrap_or_default();
+            self.store.defer(vec![(id, at)]).await?;
+            self.enqueue_retry(Due {
+                id,
+                tenant: callback.tenant.clone(),
+                at,
+            })
+            .await;
+            return Ok(Handled::Deferred);
+        }
+        let (key, limits) = match &route {
+            Some(r) => (r.key.clone(), r.limits.clone()),
+            None => (
+                callback.destination().to_string(),
+                self.destinations.default_limits(),
+            ),
+        };
+        let dest = key.as_str();
         if let Err(until) = self.destinations.try_enter(dest, &limits, Instant::now()) {
             let wait = until.saturating_duration_since(Instant::now());
             let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
@@ -153,7 +184,12 @@ impl Deliverer {
             .await;
             return Ok(Handled::Deferred);
         }
-        let secrets = match self.secrets.get(&callback.tenant).await {
+        let own_secrets = route.as_ref().and_then(|r| r.secrets.clone());
+        let secrets = match own_secrets {
+            Some(own) => Ok(own),
+            None => self.secrets.get(&callback.tenant).await,
+        };
+        let secrets = match secrets {
             Ok(s) => s,
             Err(e) => {
                 self.destinations
@@ -164,12 +200,18 @@ impl Deliverer {
         };
         let step = attempt_delivery(
             &callback,
-            self.sender.as_ref(),
+            route
+                .as_ref()
+                .and_then(|r| r.sender.as_deref())
+                .unwrap_or(self.sender.as_ref()),
             SigningKeys {
                 standard: &secrets,
                 legacy: self.legacy_secret.as_deref(),
             },
-            &self.policy,
+            route
+                .as_ref()
+                .and_then(|r| r.policy.as_deref())
+                .unwrap_or(&self.policy),
             self.clock.as_ref(),
         )
         .await;

@@ -312,6 +312,7 @@ async fn the_deliverer_sends_no_retry_message_for_a_callback_handed_back_mid_att
         },
         clock: Arc::new(SystemClock),
         destinations: Arc::new(Destinations::new(DestinationLimits::default())),
+        routes: None,
         lease: std::time::Duration::from_secs(60),
     };
     let kept = legacy_callback("legacy", 1, None);

@@ -318,6 +318,7 @@ impl App {
             legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: clock.clone(),
+            routes: Some(routes.clone()),
         };
         let legacy = LegacyParts {
             table: legacy_table(settings).await?,

@@ -14,6 +14,7 @@ use fluxcb_aws::sweeper::Sweeper;
 use fluxcb_aws::{AwsClients, AwsResources};
 use fluxcb_core::ports::{Clock, SystemClock};
 use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
+use fluxcb_delivery::routes::DestinationRoutes;
 use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_http::AppState;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,13 @@ impl AwsParts {
             legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: self.clock.clone(),
+            routes: Some(self.routes(
+                settings,
+                DestinationLimits {
+                    max_in_flight: settings.destination_max_in_flight,
+                    ..DestinationLimits::default()
+                },
+            )),
         };
         Ok(LegacyParts {
             table: legacy_table(settings).await?,
@@ -125,6 +133,10 @@ impl AwsParts {
     }
 
     pub fn deliverer(&self, settings: &Settings) -> Result<Deliverer, StartError> {
+        let limits = DestinationLimits {
+            max_in_flight: settings.destination_max_in_flight,
+            ..DestinationLimits::default()
+        };
         Ok(Deliverer {
             store: self.store.clone(),
             queue: self.queue.clone(),
@@ -133,12 +145,24 @@ impl AwsParts {
             legacy_secret: settings.legacy_signing_secret.clone(),
             policy: settings.retry.clone(),
             clock: self.clock.clone(),
-            destinations: Arc::new(Destinations::new(DestinationLimits {
-                max_in_flight: settings.destination_max_in_flight,
-                ..DestinationLimits::default()
-            })),
+            destinations: Arc::new(Destinations::new(limits.clone())),
+            routes: Some(self.routes(settings, limits)),
             lease: settings.aws_claim_lease,
         })
+    }
+
+    /// Registered destinations as this process's workers see them (refreshed every 5 s).
+    pub fn routes(&self, settings: &Settings, limits: DestinationLimits) -> Arc<DestinationRoutes> {
+        Arc::new(DestinationRoutes::new(
+            Arc::new(fluxcb_core::directory::DestinationDirectory::new(
+                self.store.clone(),
+                fluxcb_core::directory::DEFAULT_TTL,
+            )),
+            limits,
+            settings.max_attempts,
+            settings.retry.clone(),
+            crate::app::sender_config(settings),
+        ))
     }
 
     pub fn sweeper(&self) -> Sweeper {

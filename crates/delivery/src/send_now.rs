@@ -1,6 +1,7 @@
 //! The legacy API's synchronous `send`: one attempt of a callback the API has just claimed,
 //! made in the request and recorded like any other. It bypasses the dispatcher's queue and
-//! per-destination limits on purpose: an operator asked for this one attempt, now.
+//! per-destination limits (and a pause) on purpose: an operator asked for this one attempt,
+//! now. A registered destination's secrets, TLS client, timeout and schedule still apply.
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use fluxcb_core::ports::{CallbackStore, Clock, SendNow, Sender, StoreError};
 use fluxcb_core::retry::RetryPolicy;
 
 use crate::dispatcher::record_metrics;
+use crate::routes::DestinationRoutes;
 use crate::secrets::SecretCache;
 
 pub struct ImmediateDelivery {
@@ -19,21 +21,40 @@ pub struct ImmediateDelivery {
     pub legacy_secret: Option<Arc<[u8]>>,
     pub policy: RetryPolicy,
     pub clock: Arc<dyn Clock>,
+    /// Registered destinations (`None`: every callback as unregistered).
+    pub routes: Option<Arc<DestinationRoutes>>,
 }
 
 #[async_trait]
 impl SendNow for ImmediateDelivery {
     async fn send_claimed(&self, callback: &Callback) -> Result<(), StoreError> {
-        let secrets = self.secrets.get(&callback.tenant).await?;
+        let route = match &self.routes {
+            Some(routes) => Some(routes.route(callback).await?),
+            None => None,
+        };
+        let secrets = match route.as_ref().and_then(|r| r.secrets.clone()) {
+            Some(own) => own,
+            None => self.secrets.get(&callback.tenant).await?,
+        };
+        let applied = match &route {
+            Some(r) => r.applied_to(callback),
+            None => std::borrow::Cow::Borrowed(callback),
+        };
         let step = deliver_and_record(
-            callback,
+            &applied,
             self.store.as_ref(),
-            self.sender.as_ref(),
+            route
+                .as_ref()
+                .and_then(|r| r.sender.as_deref())
+                .unwrap_or(self.sender.as_ref()),
             SigningKeys {
                 standard: &secrets,
                 legacy: self.legacy_secret.as_deref(),
             },
-            &self.policy,
+            route
+                .as_ref()
+                .and_then(|r| r.policy.as_deref())
+                .unwrap_or(&self.policy),
             self.clock.as_ref(),
         )
         .await?;
