@@ -269,6 +269,12 @@ async fn spans_continue_the_callers_trace_and_carry_no_secrets() {
         "a request without traceparent starts its own trace"
     );
 
+    // The readiness polls (`ServeProcess::start` waits on /healthz) are not exported.
+    assert!(
+        !names.iter().any(|n| n.contains("/healthz")),
+        "probes exported: {names:?}"
+    );
+
     let attempt = spans
         .iter()
         .map(|(_, s)| s)

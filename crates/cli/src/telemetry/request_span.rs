@@ -25,15 +25,26 @@ async fn in_request_span(request: Request, next: Next) -> Response {
         Some(route) => format!("{method} {route}"),
         None => method.to_string(),
     };
-    let span = tracing::info_span!(
-        "http_request",
-        otel.name = %name,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        http.route = route.as_deref(),
-        http.response.status_code = Empty,
-    );
+    macro_rules! request_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "http_request",
+                otel.name = %name,
+                otel.kind = "server",
+                otel.status_code = Empty,
+                http.request.method = %method,
+                http.route = route.as_deref(),
+                http.response.status_code = Empty,
+            )
+        };
+    }
+    // Probes and scrapes come every few seconds from load balancers and Prometheus: at debug
+    // they stay out of the exported traces (which take info and above) and the default logs.
+    let span = match route.as_deref() {
+        Some("/healthz" | "/readyz" | "/metrics") => request_span!(tracing::Level::DEBUG),
+        _ => request_span!(tracing::Level::INFO),
+    };
     if super::exporting() {
         let caller = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
