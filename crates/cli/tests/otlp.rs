@@ -5,24 +5,14 @@
 //! payload, the URL's query, a header value, a key or the signing secret, and SIGTERM sends
 //! what the batch still held. Without an endpoint, no exporter thread and nothing sent.
 mod common;
+#[path = "common/otlp_collector.rs"]
+mod otlp_collector;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::Router;
 use base64::Engine as _;
 use common::{ServeProcess, TestReceiver, PROCESS_API_KEY};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use otlp_collector::{int_attribute, string_attribute, Collector};
 use serde_json::{json, Value};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -30,102 +20,6 @@ const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 const PAYLOAD_MARKER: &str = "payload-marker-5d1e0b";
 const QUERY_MARKER: &str = "query-marker-93c2aa";
 const HEADER_MARKER: &str = "header-marker-71f04e";
-
-/// What the collector was sent: every request body as received, and the spans in them with
-/// their resource's `service.name`.
-#[derive(Clone, Default)]
-struct Exported {
-    bodies: Arc<Mutex<Vec<Bytes>>>,
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
-}
-
-struct Collector {
-    addr: SocketAddr,
-    exported: Exported,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let exported = Exported::default();
-        let app = Router::new()
-            .route("/v1/traces", post(accept_traces))
-            .with_state(exported.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            addr,
-            exported,
-            _task: task,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn requests(&self) -> usize {
-        self.exported.bodies.lock().unwrap().len()
-    }
-
-    fn spans(&self) -> Vec<(String, Span)> {
-        self.exported.spans.lock().unwrap().clone()
-    }
-
-    fn bodies(&self) -> Vec<Bytes> {
-        self.exported.bodies.lock().unwrap().clone()
-    }
-}
-
-async fn accept_traces(State(exported): State<Exported>, body: Bytes) -> impl IntoResponse {
-    let Ok(request) = ExportTraceServiceRequest::decode(body.clone()) else {
-        return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
-    };
-    exported.bodies.lock().unwrap().push(body);
-    for resource_spans in request.resource_spans {
-        let service = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|r| string_attribute(&r.attributes, "service.name"))
-            .unwrap_or_default();
-        for scope_spans in resource_spans.scope_spans {
-            for span in scope_spans.spans {
-                exported.spans.lock().unwrap().push((service.clone(), span));
-            }
-        }
-    }
-    // An empty ExportTraceServiceResponse: everything accepted.
-    (
-        [(header::CONTENT_TYPE, "application/x-protobuf")],
-        Vec::new(),
-    )
-        .into_response()
-}
-
-fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
-    match attribute(attributes, key)? {
-        AnyValue::StringValue(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int_attribute(attributes: &[KeyValue], key: &str) -> Option<i64> {
-    match attribute(attributes, key)? {
-        AnyValue::IntValue(i) => Some(*i),
-        _ => None,
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
