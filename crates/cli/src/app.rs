@@ -384,7 +384,7 @@ impl App {
     /// Serves until `shutdown` is cancelled, then stops taking requests, lets in-flight
     /// deliveries finish (or returns them to pending), and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let router = fluxcb_http::router(self.state);
+        let router = crate::telemetry::trace_requests(fluxcb_http::router(self.state));
         let workers = match self.engine {
             Engine::Local(local) => tokio::spawn(local.run(shutdown.clone())),
             #[cfg(feature = "aws")]

@@ -85,6 +85,10 @@ pub enum Command {
         /// sqlite (default) or aws [env: FLUXCB_BACKEND]
         #[arg(long)]
         backend: Option<String>,
+        /// Export spans over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318
+        /// [env: FLUXCB_OTLP_ENDPOINT, or the standard OTEL_EXPORTER_OTLP_ENDPOINT]
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Manage API keys (opens the store directly).
     #[command(subcommand, after_help = help::KEYS)]

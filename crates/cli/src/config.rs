@@ -64,6 +64,14 @@ pub struct Config {
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub log_format: String,
+    /// Where spans go over OTLP/HTTP (protobuf): the collector's base URL, as in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is appended). Empty: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` variables decide,
+    /// and with neither set nothing is exported.
+    pub otlp_endpoint: String,
+    /// The share of new traces exported (0 to 1); a request that carries a `traceparent`
+    /// follows its caller's decision.
+    pub otlp_sample_ratio: f64,
     /// AWS backend: how often the sweeper runs in container mode (Lambda runs it on the
     /// template's schedule).
     pub sweep_interval: String,
@@ -111,6 +119,8 @@ impl Default for Config {
             body_limit: 256 * 1024,
             batch_body_limit: 4 * 1024 * 1024,
             log_format: "auto".into(),
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: 1.0,
             sweep_interval: "60s".into(),
             sweep_grace: "2m".into(),
             aws_claim_lease: "90s".into(),
@@ -149,6 +159,8 @@ const ENV_KEYS: &[&str] = &[
     "body_limit",
     "batch_body_limit",
     "log_format",
+    "otlp_endpoint",
+    "otlp_sample_ratio",
     "sweep_interval",
     "sweep_grace",
     "aws_claim_lease",
@@ -168,6 +180,17 @@ pub struct Overrides {
     pub backend: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Trace export as configured: see [`Config::trace_export`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceExport {
+    /// The full traces URL from `otlp_endpoint`; None: the exporter reads the standard
+    /// `OTEL_EXPORTER_OTLP_*` variables itself.
+    pub traces_url: Option<String>,
+    pub sample_ratio: f64,
 }
 
 pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
@@ -241,8 +264,47 @@ pub struct AwsNames {
 }
 
 impl Config {
+    /// Whether spans are exported, and where: `otlp_endpoint`, else the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`; None when none of
+    /// them is set, or `OTEL_SDK_DISABLED=true`.
+    pub fn trace_export(&self) -> Result<Option<TraceExport>, String> {
+        let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return Err(format!(
+                "otlp_sample_ratio (FLUXCB_OTLP_SAMPLE_RATIO): `{}` is not between 0 and 1",
+                self.otlp_sample_ratio
+            ));
+        }
+        let endpoint = self.otlp_endpoint.trim();
+        let traces_url = if endpoint.is_empty() {
+            None
+        } else {
+            match Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                    Some(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                }
+                _ => {
+                    return Err(format!(
+                        "otlp_endpoint (FLUXCB_OTLP_ENDPOINT): `{endpoint}` is not an http(s) URL like http://127.0.0.1:4318"
+                    ))
+                }
+            }
+        };
+        let configured = traces_url.is_some()
+            || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            || env_set("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true");
+        Ok((configured && !disabled).then_some(TraceExport {
+            traces_url,
+            sample_ratio: self.otlp_sample_ratio,
+        }))
+    }
+
     pub fn validate(&self) -> Result<Settings, String> {
         let mut errors = Vec::new();
+        if let Err(e) = self.trace_export() {
+            errors.push(e);
+        }
         let listen = self.listen.parse::<SocketAddr>();
         require(
             &mut errors,
@@ -562,6 +624,42 @@ mod tests {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.retry.schedule.len(), 10);
+    }
+
+    #[test]
+    fn an_otlp_endpoint_is_a_base_url_and_the_ratio_a_share() {
+        let with = |endpoint: &str, ratio: f64| {
+            Config {
+                otlp_endpoint: endpoint.into(),
+                otlp_sample_ratio: ratio,
+                ..Config::default()
+            }
+            .trace_export()
+        };
+        assert_eq!(
+            with("http://127.0.0.1:4318/", 0.25),
+            Ok(Some(TraceExport {
+                traces_url: Some("http://127.0.0.1:4318/v1/traces".into()),
+                sample_ratio: 0.25
+            }))
+        );
+        assert_eq!(
+            with("https://otel.example.com/otlp", 1.0)
+                .unwrap()
+                .unwrap()
+                .traces_url
+                .as_deref(),
+            Some("https://otel.example.com/otlp/v1/traces")
+        );
+        let err = with("127.0.0.1:4318", 1.0).unwrap_err();
+        assert!(err.contains("FLUXCB_OTLP_ENDPOINT"), "{err}");
+        let err = Config {
+            otlp_sample_ratio: 1.5,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.contains("FLUXCB_OTLP_SAMPLE_RATIO"), "{err}");
     }
 
     /// The documented example must stay true: it spells out exactly the defaults.

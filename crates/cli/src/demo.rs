@@ -71,7 +71,7 @@ pub async fn run(args: DemoArgs, log_format: Option<String>) -> Result<(), Strin
         ..Config::default()
     };
     let settings = config.validate()?;
-    crate::logging::init(&config.log_format);
+    crate::telemetry::init(&config).map_err(|e| e.to_string())?;
     let app = App::build(&settings).await.map_err(|e| match e {
         StartError::Listen { addr, source } => format!(
             "cannot listen on {addr}: {source} (choose another port with --port N, or --port 0 for any free one)"
@@ -148,6 +148,7 @@ pub async fn run(args: DemoArgs, log_format: Option<String>) -> Result<(), Strin
     };
     // The receivers outlive the server so that its last deliveries get their answers.
     stop_receivers.cancel();
+    crate::telemetry::shutdown(crate::telemetry::SHUTDOWN_FLUSH).await;
     let tally = receivers.tally.clone();
     receivers.stopped().await;
     println!(

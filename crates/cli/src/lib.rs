@@ -16,6 +16,7 @@ mod migrate;
 pub mod output;
 mod progress;
 mod redrive;
+pub mod telemetry;
 mod upstream;
 
 use std::process::ExitCode;
@@ -72,6 +73,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), Failure> {
             listen,
             store,
             backend,
+            otlp_endpoint,
         } => {
             let config = config::load(
                 file,
@@ -80,10 +82,13 @@ pub async fn run(cli: cli::Cli) -> Result<(), Failure> {
                     data_dir: store.data_dir,
                     backend,
                     log_format,
+                    otlp_endpoint,
                 },
             )?;
-            logging::init(&config.log_format);
-            local::serve(config).await
+            telemetry::init(&config).map_err(|e| e.to_string())?;
+            let served = local::serve(config).await;
+            telemetry::shutdown(telemetry::SHUTDOWN_FLUSH).await;
+            served
         }
         Keys(cmd) => local::keys(file, cmd).await,
         Migrate(cmd) => migrate::run(file, cmd).await,

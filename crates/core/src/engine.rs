@@ -4,6 +4,8 @@
 //! to do in between, such as the Lambda SQS consumer.
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::attempt::{Attempt, SendOutcome};
 use crate::callback::Callback;
 use crate::ports::{CallbackStore, Clock, OutboundRequest, Sender, StoreError};
@@ -106,6 +108,64 @@ pub struct StepOutcome {
 
 /// Sends one attempt of a claimed callback and decides what follows. Does not persist.
 pub async fn attempt_delivery(
+    callback: &Callback,
+    sender: &dyn Sender,
+    keys: SigningKeys<'_>,
+    policy: &RetryPolicy,
+    clock: &dyn Clock,
+) -> StepOutcome {
+    let span = attempt_span(callback);
+    let step = attempt_delivery_in_span(callback, sender, keys, policy, clock)
+        .instrument(span.clone())
+        .await;
+    record_attempt_outcome(&span, &step);
+    step
+}
+
+/// One span per attempt, for logs and trace export alike. It names the receiver by host only:
+/// the URL's path and query, the headers and the payload may carry the caller's secrets.
+/// Numbers are signed because OTLP has no unsigned integers (exporters turn those into text).
+fn attempt_span(callback: &Callback) -> tracing::Span {
+    tracing::info_span!(
+        "delivery_attempt",
+        otel.name = "delivery attempt",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        callback_id = %callback.id,
+        tenant = %callback.tenant,
+        server.address = callback.spec.url.host_str().unwrap_or_default(),
+        http.request.method = callback.spec.method.as_str(),
+        attempt = i64::from(callback.attempts_made + 1),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    )
+}
+
+fn record_attempt_outcome(span: &tracing::Span, step: &StepOutcome) {
+    if let Some(code) = step.attempt.status_code {
+        span.record("http.response.status_code", i64::from(code));
+    }
+    if let Some(error) = step.attempt.error {
+        span.record("error.type", error.as_str());
+    }
+    let outcome = match step.decision {
+        Decision::Delivered => "delivered",
+        Decision::RetryAt(_) => "retry",
+        Decision::DeadLetter(_) => "dead_letter",
+    };
+    span.record("outcome", outcome);
+    span.record(
+        "duration_ms",
+        i64::try_from(step.attempt.duration_ms).unwrap_or(i64::MAX),
+    );
+    if step.decision != Decision::Delivered {
+        span.record("otel.status_code", "error");
+    }
+}
+
+async fn attempt_delivery_in_span(
     callback: &Callback,
     sender: &dyn Sender,
     keys: SigningKeys<'_>,

@@ -1,5 +1,6 @@
 //! What the three Lambda entry points share: configuration from the environment (the same
-//! `FLUXCB_*` settings as `fluxcb serve`), JSON logs, CloudWatch EMF metrics, the AWS clients
+//! `FLUXCB_*` settings as `fluxcb serve`), JSON logs, trace export when an OTLP endpoint is
+//! configured (flushed before each invocation returns), CloudWatch EMF metrics, the AWS clients
 //! (created once per cold start), and the event translations, kept here so that tests can
 //! drive them with stored event fixtures without the Lambda runtime.
 use std::time::Instant;
@@ -25,7 +26,7 @@ pub async fn init(function: &str) -> Result<(Settings, AwsParts), Error> {
             ..Overrides::default()
         },
     )?;
-    fluxcb::logging::init(&config.log_format);
+    fluxcb::telemetry::init(&config)?;
     if let Err(e) = fluxcb_aws::emf::install(METRICS_NAMESPACE) {
         tracing::warn!(error = %e, "EMF metrics are off");
     }
@@ -43,6 +44,14 @@ pub fn ready(function: &str, started: Instant) {
         init_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ready"
     );
+}
+
+/// The end of each invocation: Lambda freezes the process once the handler returns, so spans
+/// still in the exporter's batch and metrics not yet written would wait for the next
+/// invocation, or be lost with the instance.
+pub async fn end_invocation() {
+    fluxcb::telemetry::flush().await;
+    flush_metrics();
 }
 
 /// Writes the metrics recorded since the last flush as EMF lines (end of each invocation).
@@ -89,17 +98,19 @@ pub async fn handle_schedule(
     }))
 }
 
-/// The API router as Lambda serves it: the same router as `fluxcb serve`, with the metrics
-/// flushed after each request.
+/// The API router as Lambda serves it: the same router as `fluxcb serve` with its request
+/// spans, and spans and metrics flushed after each request (outside the request's span, which
+/// has ended by then).
 pub fn api_router(
     settings: &Settings,
     parts: &AwsParts,
     legacy: fluxcb::app::LegacyParts,
 ) -> axum::Router {
-    fluxcb_http::router(parts.api_state(settings, None, legacy)).layer(
-        axum::middleware::map_response(|response: axum::response::Response| async move {
-            flush_metrics();
-            response
-        }),
-    )
+    fluxcb::telemetry::trace_requests(fluxcb_http::router(parts.api_state(settings, None, legacy)))
+        .layer(axum::middleware::map_response(
+            |response: axum::response::Response| async move {
+                end_invocation().await;
+                response
+            },
+        ))
 }

@@ -436,12 +436,12 @@ pub struct ServeProcess {
     pub addr: SocketAddr,
 }
 
-/// The binary with no `FLUXCB_*` variable inherited and the working directory set, so neither
-/// the developer's environment nor a stray `./fluxcb.toml` changes what a test sees.
+/// The binary with no `FLUXCB_*` or `OTEL_*` variable inherited and the working directory set,
+/// so neither the developer's environment nor a stray `./fluxcb.toml` changes what a test sees.
 pub fn fluxcb_command(cwd: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fluxcb"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("FLUXCB_") {
+        if k.starts_with("FLUXCB_") || k.starts_with("OTEL_") {
             cmd.env_remove(k);
         }
     }

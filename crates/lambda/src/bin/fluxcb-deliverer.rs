@@ -16,7 +16,7 @@ async fn main() -> Result<(), fluxcb_lambda::Error> {
         async move {
             let response: SqsBatchResponse =
                 fluxcb_lambda::handle_sqs(&deliverer, event.payload).await;
-            fluxcb_lambda::flush_metrics();
+            fluxcb_lambda::end_invocation().await;
             Ok::<_, fluxcb_lambda::Error>(response)
         }
     }))

@@ -15,7 +15,7 @@ async fn main() -> Result<(), fluxcb_lambda::Error> {
         let sweeper = sweeper.clone();
         async move {
             let result = fluxcb_lambda::handle_schedule(&sweeper, event.payload).await;
-            fluxcb_lambda::flush_metrics();
+            fluxcb_lambda::end_invocation().await;
             result
         }
     }))
