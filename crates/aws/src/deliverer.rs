@@ -48,10 +48,6 @@ pub enum Handled {
 /// itself, with the SDK's own retries.
 const RECORD_RESERVE: Duration = Duration::from_secs(1);
 
-/// How long a callback to a paused destination waits before a worker looks at it again (a
-/// resume applies within it): each look is a claim, a deferral and a queue message.
-pub const PAUSED_RECHECK: Duration = Duration::from_secs(15);
-
 pub struct Deliverer {
     pub store: Arc<DynamoStore>,
     pub queue: SqsQueue,
@@ -153,8 +149,8 @@ impl Deliverer {
             None => callback,
         };
         let callback = self.within_lease(callback);
-        if route.as_ref().is_some_and(|r| r.paused) {
-            let at = now + chrono::Duration::from_std(PAUSED_RECHECK).unwrap_or_default();
+        if let (Some(routes), true) = (&self.routes, route.as_ref().is_some_and(|r| r.paused)) {
+            let at = now + chrono::Duration::from_std(routes.paused_recheck()).unwrap_or_default();
             self.store.defer(vec![(id, at)]).await?;
             self.enqueue_retry(Due {
                 id,

@@ -302,13 +302,16 @@ impl App {
             store_arc.clone(),
             fluxcb_core::directory::DEFAULT_TTL,
         ));
-        let routes = Arc::new(DestinationRoutes::new(
-            directory.clone(),
-            limits,
-            settings.max_attempts,
-            settings.retry.clone(),
-            sender_config(settings),
-        ));
+        let routes = Arc::new(
+            DestinationRoutes::new(
+                directory.clone(),
+                limits,
+                settings.max_attempts,
+                settings.retry.clone(),
+                sender_config(settings),
+            )
+            .with_paused_recheck(settings.paused_recheck),
+        );
         let sender: Arc<dyn Sender> = Arc::new(sender);
         let secret_cache = Arc::new(SecretCache::new(store_arc.clone(), Duration::from_secs(5)));
         let send_now = ImmediateDelivery {
@@ -339,7 +342,6 @@ impl App {
             parts,
             DispatcherConfig {
                 max_in_flight: settings.max_in_flight,
-                paused_recheck: settings.paused_recheck,
                 ..DispatcherConfig::default()
             },
             wake.clone(),

@@ -153,16 +153,19 @@ impl AwsParts {
 
     /// Registered destinations as this process's workers see them (refreshed every 5 s).
     pub fn routes(&self, settings: &Settings, limits: DestinationLimits) -> Arc<DestinationRoutes> {
-        Arc::new(DestinationRoutes::new(
-            Arc::new(fluxcb_core::directory::DestinationDirectory::new(
-                self.store.clone(),
-                fluxcb_core::directory::DEFAULT_TTL,
-            )),
-            limits,
-            settings.max_attempts,
-            settings.retry.clone(),
-            crate::app::sender_config(settings),
-        ))
+        Arc::new(
+            DestinationRoutes::new(
+                Arc::new(fluxcb_core::directory::DestinationDirectory::new(
+                    self.store.clone(),
+                    fluxcb_core::directory::DEFAULT_TTL,
+                )),
+                limits,
+                settings.max_attempts,
+                settings.retry.clone(),
+                crate::app::sender_config(settings),
+            )
+            .with_paused_recheck(settings.paused_recheck),
+        )
     }
 
     pub fn sweeper(&self) -> Sweeper {

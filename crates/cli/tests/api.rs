@@ -9,3 +9,4 @@ include!("cases/api_cases.rs");
 include!("cases/legacy_cases.rs");
 include!("cases/isolation_cases.rs");
 include!("cases/limits_cases.rs");
+include!("cases/destination_cases.rs");

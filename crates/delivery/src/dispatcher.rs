@@ -39,10 +39,6 @@ pub struct DispatcherConfig {
     pub shutdown_grace: Duration,
     /// Pause after a round whose every claim was deferred.
     pub busy_pause: Duration,
-    /// How long a callback to a paused destination waits before it is looked at again (so a
-    /// resume applies within it). Each look is a claim and a deferral: shorter costs more
-    /// store writes while a destination with a backlog stays paused.
-    pub paused_recheck: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -54,7 +50,6 @@ impl Default for DispatcherConfig {
             idle_poll: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),
             busy_pause: Duration::from_millis(50),
-            paused_recheck: Duration::from_secs(15),
         }
     }
 }
@@ -190,7 +185,7 @@ impl Dispatcher {
                 };
                 if route.paused {
                     let wait =
-                        chrono::Duration::from_std(self.config.paused_recheck).unwrap_or_default();
+                        chrono::Duration::from_std(p.routes.paused_recheck()).unwrap_or_default();
                     deferred.push((callback.id, Utc::now() + wait));
                     continue;
                 }

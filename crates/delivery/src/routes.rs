@@ -49,6 +49,7 @@ pub struct DestinationRoutes {
     sender_config: SenderConfig,
     /// Per registration, at the revision it was built for.
     tls_senders: Mutex<HashMap<DestinationId, BuiltSender>>,
+    paused_recheck: std::time::Duration,
 }
 
 impl DestinationRoutes {
@@ -71,7 +72,20 @@ impl DestinationRoutes {
             base_policy,
             sender_config,
             tls_senders: Mutex::new(HashMap::new()),
+            paused_recheck: std::time::Duration::from_secs(15),
         }
+    }
+
+    /// How long a callback to a paused destination waits before a worker looks at it again
+    /// (a resume applies within it). Each look is a claim and a deferral (and on AWS a queue
+    /// message), so shorter costs more while a destination with a backlog stays paused.
+    pub fn with_paused_recheck(mut self, wait: std::time::Duration) -> Self {
+        self.paused_recheck = wait;
+        self
+    }
+
+    pub fn paused_recheck(&self) -> std::time::Duration {
+        self.paused_recheck
     }
 
     pub fn directory(&self) -> &Arc<DestinationDirectory> {
