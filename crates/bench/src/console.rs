@@ -391,6 +391,11 @@ async fn measure(
             &tenant,
         ),
         ("destinations".into(), "/v1/destinations".into(), &admin),
+        (
+            "destination health".into(),
+            "/v1/destinations/health".into(),
+            &admin,
+        ),
     ];
     // The id lookup needs an id: the newest callback's.
     let (status, _, body) =
