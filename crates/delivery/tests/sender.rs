@@ -602,42 +602,14 @@ async fn the_timeout_bounds_a_request_that_cannot_connect_in_time() {
     drop(listener);
 }
 
-// TLS: a private CA and a certificate for localhost, 127.0.0.1 and ::1, valid until
-// 2126, made with openssl for these tests only.
+// TLS (tests/fixtures, also used by the fluxcb crate's tests): a private CA and a certificate
+// for localhost, 127.0.0.1 and ::1, valid until 2126, made with openssl for these tests only.
 
-const TEST_CA_PEM: &str = r"-----BEGIN CERTIFICATE-----
-MIIBmTCCAT+gAwIBAgIUOJwVEH8nC2Qn0/fcI1Iq61qXbigwCgYIKoZIzj0EAwIw
-GTEXMBUGA1UEAwwOZmx1eGNiIHRlc3QgQ0EwIBcNMjYxMTI2MTQ1MDMzWhgPMjEy
-NjExMDIxNDUwMzNaMBkxFzAVBgNVBAMMDmZsdXhjYiB0ZXN0IENBMFkwEwYHKoZI
-zj0CAQYIKoZIzj0DAQcDQgAEPwUA7hLhxHWKyTfLEy6+E0sYnqwDF/GeOlu6lES1
-nxGJyRWCvEEeaQ627qWAt0Ee0fh2ALxPYtC/yapqcj5gQ6NjMGEwHQYDVR0OBBYE
-FPOQT6tZQFrZnsLoZj8BHyuQOftLMB8GA1UdIwQYMBaAFPOQT6tZQFrZnsLoZj8B
-HyuQOftLMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgEGMAoGCCqGSM49
-BAMCA0gAMEUCIEHfKbQcP267rxjFpGIS9IEH8M2KSPaZ9bFlDYTBCHJXAiEA8zng
-/AJrAY1ru7+2SgxXtd+b+6AEVnOWLqm+0dpyh5s=
------END CERTIFICATE-----
-";
+const TEST_CA_PEM: &str = include_str!("fixtures/server-ca.pem");
 
-const TEST_LEAF_PEM: &str = r"-----BEGIN CERTIFICATE-----
-MIIB1zCCAXygAwIBAgIUHm2g2Nyl1GgSuyWL3dK/DK9vKnIwCgYIKoZIzj0EAwIw
-GTEXMBUGA1UEAwwOZmx1eGNiIHRlc3QgQ0EwIBcNMjYxMTI2MTQ1MDMzWhgPMjEy
-NjExMDIxNDUwMzNaMBQxEjAQBgNVBAMMCWxvY2FsaG9zdDBZMBMGByqGSM49AgEG
-CCqGSM49AwEHA0IABDWfRoBV/lMS7Wq2ZI/mnEkCn4b1hJ9hEJ+a4y8fZ4BNdL/f
-5a2nx57YW4xo3iavUXCtCYCaIlTgNBOJeulS6HujgaQwgaEwLAYDVR0RBCUwI4IJ
-bG9jYWxob3N0hwR/AAABhxAAAAAAAAAAAAAAAAAAAAABMAwGA1UdEwEB/wQCMAAw
-DgYDVR0PAQH/BAQDAgeAMBMGA1UdJQQMMAoGCCsGAQUFBwMBMB0GA1UdDgQWBBQJ
-vh/VJGicMIynIhnVf6BKJFIJ4jAfBgNVHSMEGDAWgBTzkE+rWUBa2Z7C6GY/AR8r
-kDn7SzAKBggqhkjOPQQDAgNJADBGAiEA8pJlK4mnluRK2EWnpjwXsL1AL3nnLUP2
-KWN5JrTo2uACIQCSIDKFPRpgkiZnPxqEdqCYFdRLpNVdZzprhs6H6W4u9A==
------END CERTIFICATE-----
-";
+const TEST_LEAF_PEM: &str = include_str!("fixtures/server.pem");
 
-const TEST_LEAF_KEY: &str = r"-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgl8blOITs0xsBQvA0
-w1WDmquRZ88bfS8PNEznQCQoRfOhRANCAAQ1n0aAVf5TEu1qtmSP5pxJAp+G9YSf
-YRCfmuMvH2eATXS/3+Wtp8ee2FuMaN4mr1FwrQmAmiJU4DQTiXrpUuh7
------END PRIVATE KEY-----
-";
+const TEST_LEAF_KEY: &str = include_str!("fixtures/server.key");
 
 struct TempFile(PathBuf);
 
@@ -790,39 +762,11 @@ fn ca_bundle_problems_stop_the_build() {
 // mTLS: a second private CA that signs client certificates, and one client certificate with its
 // key, valid until 2126, made with openssl for these tests only.
 
-const TEST_CLIENT_CA_PEM: &str = r"-----BEGIN CERTIFICATE-----
-MIIBpjCCAU2gAwIBAgIUB/IRamgpWzkAWUpRLDXLFZwJYMYwCgYIKoZIzj0EAwIw
-IDEeMBwGA1UEAwwVZmx1eGNiIHRlc3QgY2xpZW50IENBMCAXDTI2MTEyNzAyMTQy
-OFoYDzIxMjYxMTAzMDIxNDI4WjAgMR4wHAYDVQQDDBVmbHV4Y2IgdGVzdCBjbGll
-bnQgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATzx6W4U/nFfNKqUCq+GWrI
-RijL+ckLo3HPNCSxmwgqqqER6ixc+ZJZBNYHf+bBquilR3kbLlmDCxQFUKO+3+ql
-o2MwYTAdBgNVHQ4EFgQU0rFNzjKPrqimdb4YDWp4PqDly/gwHwYDVR0jBBgwFoAU
-0rFNzjKPrqimdb4YDWp4PqDly/gwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8E
-BAMCAgQwCgYIKoZIzj0EAwIDRwAwRAIgKwt3L4LMhht53n66jsmmri0sCavVZ0or
-7MkuBdsVjCUCIDo4Twk6+yv2niZplWxzY5byRF8XgDC7u+m2fjFnK5s5
------END CERTIFICATE-----
-";
+const TEST_CLIENT_CA_PEM: &str = include_str!("fixtures/client-ca.pem");
 
-const TEST_CLIENT_PEM: &str = r"-----BEGIN CERTIFICATE-----
-MIIBtDCCAVmgAwIBAgIUAtvagMN48OMZyc+HBt8aCwkMak0wCgYIKoZIzj0EAwIw
-IDEeMBwGA1UEAwwVZmx1eGNiIHRlc3QgY2xpZW50IENBMCAXDTI2MTEyNzAyMTQy
-OVoYDzIxMjYxMTAzMDIxNDI5WjAdMRswGQYDVQQDDBJmbHV4Y2IgdGVzdCBjbGll
-bnQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATEqkhp9TAT3IB9B63fHS75TSYF
-gSHjM6zqswxRMWfPD97+XvLVsGxz2URePoM0ymsJAzJtBfIzi+T9O/Jvqrb7o3Iw
-cDAJBgNVHRMEAjAAMA4GA1UdDwEB/wQEAwIHgDATBgNVHSUEDDAKBggrBgEFBQcD
-AjAdBgNVHQ4EFgQUTXFrl0WgkrYliHCZVi7KPHtilGUwHwYDVR0jBBgwFoAU0rFN
-zjKPrqimdb4YDWp4PqDly/gwCgYIKoZIzj0EAwIDSQAwRgIhAOaZtJQzpcoQ46QP
-AAL+t31TU5iEC1quXWPriHHtjj4NAiEAs4wwkt8/Qvqm5APKXczc1/l2cNLTRs/8
-FQJuQL0hlF8=
------END CERTIFICATE-----
-";
+const TEST_CLIENT_PEM: &str = include_str!("fixtures/client.pem");
 
-const TEST_CLIENT_KEY: &str = r"-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwkZzk3wKIjXPEHJc
-s6KU8sbeY8G4pLOX4SpiTinc/NShRANCAATEqkhp9TAT3IB9B63fHS75TSYFgSHj
-M6zqswxRMWfPD97+XvLVsGxz2URePoM0ymsJAzJtBfIzi+T9O/Jvqrb7
------END PRIVATE KEY-----
-";
+const TEST_CLIENT_KEY: &str = include_str!("fixtures/client.key");
 
 /// An HTTPS server that insists on a client certificate from the client CA, and answers with
 /// how many certificates the client presented.

@@ -464,4 +464,136 @@ mod destinations {
         );
         app.stop().await;
     }
+
+    const SERVER_CA: &str = include_str!("../../../delivery/tests/fixtures/server-ca.pem");
+    const SERVER_CERT: &str = include_str!("../../../delivery/tests/fixtures/server.pem");
+    const SERVER_KEY: &str = include_str!("../../../delivery/tests/fixtures/server.key");
+    const CLIENT_CA: &str = include_str!("../../../delivery/tests/fixtures/client-ca.pem");
+    const CLIENT_CERT: &str = include_str!("../../../delivery/tests/fixtures/client.pem");
+    const CLIENT_KEY: &str = include_str!("../../../delivery/tests/fixtures/client.key");
+
+    /// An https receiver on loopback that insists on a client certificate from the client CA;
+    /// answers 200 and counts the requests that got through.
+    async fn mtls_receiver() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let certs = rustls_pemfile::certs(&mut SERVER_CERT.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut SERVER_KEY.as_bytes())
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut CLIENT_CA.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    // One HTTP/1.1 request: the head, then a body of content-length bytes.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = tls.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (addr, served)
+    }
+
+    /// A receiver behind a private CA that asks for a client certificate: reached through its
+    /// registration's CA bundle and client certificate; without them the same receiver is a
+    /// TLS failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registered_ca_bundle_and_client_certificate_reach_an_mtls_receiver() {
+        let Some(app) = spawn_on(BACKEND, |_| {}).await else {
+            return;
+        };
+        let (addr, served) = mtls_receiver().await;
+        let d = register(
+            &app,
+            &app.key,
+            json!({
+                "match": { "url_prefix": format!("https://{addr}/registered") },
+                "tls": {
+                    "ca_bundle_pem": SERVER_CA,
+                    "client_certificate_pem": CLIENT_CERT,
+                    "client_key_pem": CLIENT_KEY,
+                },
+            }),
+        )
+        .await;
+        assert_eq!(d["tls"]["client_key_set"], true);
+        assert!(!d.to_string().contains("PRIVATE KEY"), "the key is never shown: {d}");
+        let through = app
+            .create(json!({ "url": format!("https://{addr}/registered/hook"), "payload": {} }))
+            .await;
+        let bare = app
+            .create(json!({ "url": format!("https://{addr}/other"), "payload": {}, "max_attempts": 1 }))
+            .await;
+        let v = app
+            .wait_status(&through, "delivered", Duration::from_secs(15))
+            .await;
+        assert_eq!(v["attempts_made"], 1, "{v}");
+        let v = app.wait_status(&bare, "failed", Duration::from_secs(15)).await;
+        assert_eq!(v["attempts"][0]["error"], "tls", "{v}");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // PEM that cannot be read is refused when it is given, not at the first attempt.
+        let r = app
+            .post(
+                "/v1/destinations",
+                &json!({
+                    "match": { "origin": format!("https://{addr}") },
+                    "tls": { "ca_bundle_pem": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n" },
+                }),
+            )
+            .await;
+        assert_eq!(r.status(), 400);
+        app.stop().await;
+    }
 }
