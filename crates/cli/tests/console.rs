@@ -569,3 +569,134 @@ async fn the_console_on_the_aws_backend() {
     assert_eq!(v["matched"], 0, "the dry run counts through the list");
     app.stop().await;
 }
+
+/// Two app instances on one table, as two Lambda instances behind API Gateway: a session opened
+/// on one works on the other, with its CSRF token; logging out on one ends it on both; a
+/// session past its expiry is refused although its item is still there (DynamoDB's TTL deletes
+/// late).
+#[tokio::test]
+async fn console_sessions_are_shared_between_instances_on_aws() {
+    let Some(first) = common::spawn_on(common::Backend::Aws, |_| {}).await else {
+        return;
+    };
+    let key = first.key.clone();
+    let shared = first.config.clone();
+    let second = common::spawn_on(common::Backend::Aws, |c| {
+        c.dynamodb_table = shared.dynamodb_table.clone();
+        c.sqs_queue_url = shared.sqs_queue_url.clone();
+        c.sqs_dlq_url = shared.sqs_dlq_url.clone();
+        c.api_key = Some(key.clone());
+    })
+    .await
+    .expect("the emulator runs");
+    let http = client();
+
+    let cookie = login(&first, &key).await;
+    let token = csrf_token(&second, &cookie).await;
+    assert_eq!(
+        token,
+        csrf_token(&first, &cookie).await,
+        "one session, one token"
+    );
+    let r = http
+        .get(second.url("/console/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the other instance serves the console");
+    let create = |app: &common::TestApp, token: &str| {
+        http.post(app.url("/v1/callbacks"))
+            .header(COOKIE, &cookie)
+            .header("x-csrf-token", token)
+            .json(&json!({ "url": "https://example.com/hook", "deliver_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339() }))
+            .send()
+    };
+    assert_eq!(create(&second, &token).await.unwrap().status(), 202);
+    assert_eq!(
+        create(&second, "wrong-token").await.unwrap().status(),
+        403,
+        "the token is checked on the other instance too"
+    );
+
+    let r = http
+        .post(second.url("/console/logout"))
+        .header(COOKIE, &cookie)
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for app in [&first, &second] {
+        let r = http
+            .get(app.url("/console/session"))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "logged out everywhere");
+        assert_eq!(create(app, &token).await.unwrap().status(), 401);
+    }
+
+    // Sessions written straight into the table: one live, one expired a second ago.
+    let store = fluxcb_aws::store::DynamoStore::new(
+        fluxcb_aws::AwsClients::from_env().await.dynamodb,
+        shared.dynamodb_table.clone(),
+        Default::default(),
+    );
+    let now = chrono::Utc::now();
+    for (id, expires_at) in [
+        ("live-session-id", now + chrono::Duration::hours(1)),
+        ("expired-session-id", now - chrono::Duration::seconds(1)),
+    ] {
+        fluxcb_core::ports::SessionStore::put_session(
+            &store,
+            &fluxcb_http::console::sessions::id_hash(id),
+            &fluxcb_core::ports::ConsoleSession {
+                key_hash: fluxcb_core::auth::hash_key(&key),
+                csrf_token: "t".into(),
+                expires_at,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let status = |id: &'static str| {
+        http.get(second.url("/console/session"))
+            .header(COOKIE, format!("fluxcb_session={id}"))
+            .send()
+    };
+    assert_eq!(status("live-session-id").await.unwrap().status(), 200);
+    assert_eq!(
+        status("expired-session-id").await.unwrap().status(),
+        401,
+        "expired, though its item is still in the table"
+    );
+    let item = store
+        .client()
+        .get_item()
+        .table_name(store.table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                "session#{}",
+                fluxcb_http::console::sessions::id_hash("expired-session-id")
+            )),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("session".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the expired item is still there");
+    assert!(
+        item.values()
+            .all(|v| v.as_s().map_or(true, |s| !s.contains("expired-session-id"))),
+        "the table holds the id's hash, never the id"
+    );
+    first.stop().await;
+    second.stop().await;
+}
