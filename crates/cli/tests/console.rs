@@ -498,13 +498,14 @@ async fn console_end_to_end_in_headless_chromium() {
 }
 
 /// The same router on the AWS backend (as `serve --backend aws` and the Lambda API serve it):
-/// the session works for reads and, with its token, for writes; statistics are refused as
-/// unsupported (the console says so) rather than answered with a scan.
+/// the session works for reads and, with its token, for writes; the overview's statistics and
+/// the dead-letter groups come from the table's counters and the `by_status` index.
 #[tokio::test]
 async fn the_console_on_the_aws_backend() {
     let Some(app) = common::spawn_on(common::Backend::Aws, |_| {}).await else {
         return;
     };
+    let rx = receiver().await;
     let http = client();
     let cookie = login(&app, &app.key).await;
     let token = csrf_token(&app, &cookie).await;
@@ -531,17 +532,97 @@ async fn the_console_on_the_aws_backend() {
         .await
         .unwrap();
     assert_eq!(v["data"][0]["id"], id.as_str());
-    let r = http
-        .get(app.url("/v1/stats?window=1h"))
-        .header(COOKIE, &cookie)
-        .send()
+
+    // Known traffic through the deliverer: 3 delivered at once, one that fails 3 times and is
+    // dead-lettered (max_attempts 3), one that fails once and then succeeds.
+    let acme = tenant_key(&app, "acme").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.create(json!({ "url": format!("http://{rx}/ok/{i}") }))
+                .await,
+        );
+    }
+    let dead = app
+        .create(json!({ "url": format!("http://{rx}/flaky/5/dead"), "max_attempts": 3 }))
+        .await;
+    let late = app
+        .create(json!({ "url": format!("http://{rx}/flaky/1/late"), "max_attempts": 3 }))
+        .await;
+    let r = app
+        .post_as(
+            &acme,
+            "/v1/callbacks",
+            &json!({ "url": format!("http://{rx}/ok/acme") }),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let own = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for id in ids.iter().chain([&late, &own]) {
+        app.wait_status(id, "delivered", Duration::from_secs(30))
+            .await;
+    }
+    app.wait_status(&dead, "failed", Duration::from_secs(30))
+        .await;
+    // Counters are updated right after each attempt is recorded: the status can show first.
+    let expected =
+        json!({ "accepted": 7, "attempts": 9, "delivered": 5, "failed": 4, "dead_lettered": 1 });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats: Value = http
+            .get(app.url("/v1/stats?window=1h"))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["totals"] == expected || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // 7 accepted (the scheduled one too); attempts: 3 + 1 ok, 3 failed for `dead`, 1 failed
+    // and 1 ok for `late`.
+    assert_eq!(stats["totals"], expected, "{stats}");
+    assert_eq!(stats["dead_letters"], 1);
+    assert_eq!(stats["buckets"].as_array().unwrap().len(), 60);
+    assert_eq!(stats["destinations"][0]["host"], "127.0.0.1");
+    assert_eq!(stats["destinations"][0]["attempts"], 9);
+    assert!(stats["latency_ms"]["max_ms"].as_u64().is_some(), "{stats}");
+    let day = app.get_json("/v1/stats?window=1d").await;
+    assert_eq!(
+        day["totals"], stats["totals"],
+        "the day's hour counters agree"
+    );
+    let mine: Value = app
+        .get_as(&acme, "/v1/stats?window=1h")
+        .await
+        .json()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
     assert_eq!(
-        r.json::<Value>().await.unwrap()["type"],
-        "urn:fluxcb:problem:unsupported"
+        mine["totals"],
+        json!({ "accepted": 1, "attempts": 1, "delivered": 1, "failed": 0, "dead_lettered": 0 }),
+        "a tenant counts its own: {mine}"
     );
+    let groups = app.get_json("/v1/dead-letters/groups").await;
+    assert_eq!(groups["data"].as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups["data"][0]["host"], "127.0.0.1");
+    assert_eq!(groups["data"][0]["error"], "http_status");
+    assert_eq!(groups["data"][0]["count"], 1);
+    let theirs: Value = app
+        .get_as(&acme, "/v1/dead-letters/groups")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["data"], json!([]), "acme has no dead letters");
+
     let v: Value = http
         .get(app.url("/v1/destinations"))
         .header(COOKIE, &cookie)
@@ -566,7 +647,7 @@ async fn the_console_on_the_aws_backend() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["matched"], 0, "the dry run counts through the list");
+    assert_eq!(v["matched"], 1, "the dry run counts through the list");
     app.stop().await;
 }
 
