@@ -17,6 +17,12 @@
 //! hour), hour items windows in whole hours (its day), so a day costs 24 items per shard instead
 //! of 1,440. Items expire (TTL) after [`STATS_KEEP`].
 //!
+//! Host counters share the item with the totals, so an event is one update per grain and a
+//! window one item per bucket and shard to read. The price: an item grows by about 100 bytes
+//! per distinct host in its minute or hour, and an update costs 1 WRU per KB of item, which
+//! suits tenants sending to tens of hosts; one sending to thousands would want host counters in
+//! items of their own.
+//!
 //! Counting is best effort: a failed update is logged and counted in
 //! `fluxcb_stats_updates_failed_total`, never returned, because the callback or attempt it
 //! counts is already committed, and failing its caller would make a client retry an accepted
