@@ -4,24 +4,26 @@
 //! | item | `pk` | `sk` |
 //! |---|---|---|
 //! | a tenant's traffic in one minute | `stats#<tenant>#<shard>` | `m#<minute start, ms>` |
-//! | the same for one hour | `stats#<tenant>#<shard>` | `h#<hour start, ms>` |
+//! | ... to one host | `stats#<tenant>#<shard>` | `m#<minute start, ms>#<host>` |
+//! | the same for one hour | `stats#<tenant>#<shard>` | `h#<hour start, ms>[#<host>]` |
 //!
 //! Ingest adds the batch's size to `acc` (once per batch); each recorded attempt adds to `ok`
-//! or `fail` (and `dead` when it dead-lettered its callback), to its latency bucket `l<n>` (see
-//! [`super::latency`]) and to its host's `h|<host>|n`, `h|<host>|f` (failed) and `h|<host>|ms`
-//! (summed duration). Maxima (`lmax`, `h|<host>|max`) cannot be `ADD`ed: the update returns the
-//! item, and a second, conditional update raises a maximum only when this attempt beat it (rare
-//! after a bucket's first few attempts). Every update picks one of [`STATS_SHARDS`] partitions
-//! at random, so a busy tenant's counters spread over several partitions instead of one hot
-//! item; a read sums the shards. Minute items serve windows in whole minutes (the console's
-//! hour), hour items windows in whole hours (its day), so a day costs 24 items per shard instead
-//! of 1,440. Items expire (TTL) after [`STATS_KEEP`].
+//! or `fail` (and `dead` when it dead-lettered its callback) and to its latency bucket `l<n>`
+//! (see [`super::latency`]), and to its host's item `n`, `f` (failed) and `ms` (summed
+//! duration). Maxima (`lmax`, a host's `max`) cannot be `ADD`ed: the update returns the item,
+//! and a second, conditional update raises a maximum only when this attempt beat it (rare after
+//! a bucket's first few attempts). Every update picks one of [`STATS_SHARDS`] partitions at
+//! random, so a busy tenant's counters spread over several partitions instead of one hot item;
+//! a read sums the shards. Minute items serve windows in whole minutes (the console's hour),
+//! hour items windows in whole hours (its day), so a day costs 24 items per shard and host
+//! instead of 1,440. A host's items sort right after their bucket's totals, so one key range
+//! reads both. Items expire (TTL) after [`STATS_KEEP`].
 //!
-//! Host counters share the item with the totals, so an event is one update per grain and a
-//! window one item per bucket and shard to read. The price: an item grows by about 100 bytes
-//! per distinct host in its minute or hour, and an update costs 1 WRU per KB of item, which
-//! suits tenants sending to tens of hosts; one sending to thousands would want host counters in
-//! items of their own.
+//! Why a host has items of its own rather than attributes in the totals' item: an update costs
+//! 1 WRU per KB of the item it changes, and the totals' item would grow by about 100 bytes per
+//! host, so a tenant sending to a hundred hosts would pay 10 WRU per counter update. Apart, every
+//! item stays small (an attempt costs 4 WRU: totals and host, minute and hour); a view reads
+//! more items instead, and views are rare next to attempts.
 //!
 //! Counting is best effort: a failed update is logged and counted in
 //! `fluxcb_stats_updates_failed_total`, never returned, because the callback or attempt it
@@ -34,7 +36,7 @@
 //! `Select COUNT`, their groups from the newest [`MAX_GROUPED`] per request.
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::types::{ReturnValue, Select};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
 use fluxcb_core::id::CallbackId;
@@ -98,12 +100,10 @@ fn stats_pk(tenant: &TenantId, shard: u32) -> String {
     format!("stats#{tenant}#{shard}")
 }
 
-fn host_attr(host: &str, field: &str) -> String {
-    format!("h|{host}|{field}")
-}
-
-/// One attempt (or one accepted batch) as counter increments.
+/// One attempt (or one accepted batch) as increments of one item per grain.
 struct Increment<'a> {
+    /// The host's items rather than the totals'.
+    host: Option<&'a str>,
     adds: Vec<(String, u64)>,
     /// Maxima this event may raise: attribute names and the value.
     maxima: Vec<String>,
@@ -131,6 +131,7 @@ impl DynamoStore {
             return;
         }
         self.count(Increment {
+            host: None,
             adds: vec![("acc".into(), count as u64)],
             maxima: Vec::new(),
             value: 0,
@@ -150,26 +151,35 @@ impl DynamoStore {
     ) {
         let ok = attempt.succeeded();
         let duration = attempt.duration_ms;
-        let mut adds = vec![
+        let mut totals = vec![
             ((if ok { "ok" } else { "fail" }).to_owned(), 1),
             (format!("l{}", latency::bucket_of(duration)), 1),
-            (host_attr(host, "n"), 1),
-            (host_attr(host, "ms"), duration),
         ];
-        if !ok {
-            adds.push((host_attr(host, "f"), 1));
-        }
         if dead_lettered {
-            adds.push(("dead".into(), 1));
+            totals.push(("dead".into(), 1));
         }
-        self.count(Increment {
-            adds,
-            maxima: vec!["lmax".into(), host_attr(host, "max")],
-            value: duration,
-            tenant,
-            at: attempt.started_at,
-        })
-        .await;
+        let mut by_host = vec![("n".to_owned(), 1), ("ms".to_owned(), duration)];
+        if !ok {
+            by_host.push(("f".into(), 1));
+        }
+        tokio::join!(
+            self.count(Increment {
+                host: None,
+                adds: totals,
+                maxima: vec!["lmax".into()],
+                value: duration,
+                tenant,
+                at: attempt.started_at,
+            }),
+            self.count(Increment {
+                host: Some(host),
+                adds: by_host,
+                maxima: vec!["max".into()],
+                value: duration,
+                tenant,
+                at: attempt.started_at,
+            }),
+        );
     }
 
     async fn count(&self, inc: Increment<'_>) {
@@ -194,7 +204,10 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         let start = grain.start_of(ms(inc.at));
         let pk = stats_pk(inc.tenant, shard);
-        let sk = grain.sort_key(start);
+        let sk = match inc.host {
+            Some(host) => format!("{}#{host}", grain.sort_key(start)),
+            None => grain.sort_key(start),
+        };
         let mut update = self
             .client
             .update_item()
@@ -292,7 +305,11 @@ impl DynamoStore {
             .iter()
             .flat_map(|t| (0..STATS_SHARDS).map(move |shard| stats_pk(t, shard)))
             .collect();
-        let (low, high) = (grain.sort_key(since), grain.sort_key(until - 1));
+        // `~` sorts after `#` and every digit: the last bucket's host items are in the range.
+        let (low, high) = (
+            grain.sort_key(since),
+            format!("{}~", grain.sort_key(until - 1)),
+        );
         let pages: Vec<Vec<Item>> = futures_util::stream::iter(partitions)
             .map(|pk| self.counter_items(pk, &low, &high))
             .buffer_unordered(READ_CONCURRENCY)
@@ -303,10 +320,7 @@ impl DynamoStore {
         let mut max_ms = 0u64;
         let mut hosts: HashMap<String, DestinationStats> = HashMap::new();
         for item in pages.iter().flatten() {
-            let Some(start) = get_s(item, "sk")
-                .and_then(|sk| sk.get(2..))
-                .and_then(|v| v.parse::<i64>().ok())
-            else {
+            let Some((start, host)) = get_s(item, "sk").and_then(parse_sort_key) else {
                 continue;
             };
             let Some(b) = usize::try_from((start - since) / bucket)
@@ -316,38 +330,33 @@ impl DynamoStore {
                 continue;
             };
             let count_of = |attr: &str| get_n(item, attr).unwrap_or(0).max(0) as u64;
+            if let Some(host) = host {
+                let d = hosts
+                    .entry(host.to_owned())
+                    .or_insert_with(|| DestinationStats {
+                        host: host.to_owned(),
+                        ..DestinationStats::default()
+                    });
+                d.attempts += count_of("n");
+                d.failed += count_of("f");
+                // The running sum; divided below.
+                d.avg_ms += count_of("ms") as f64;
+                d.max_ms = d.max_ms.max(count_of("max"));
+                continue;
+            }
             b.accepted += count_of("acc");
             b.delivered += count_of("ok");
             b.failed += count_of("fail");
             b.dead_lettered += count_of("dead");
             max_ms = max_ms.max(count_of("lmax"));
             for (attr, value) in item {
-                let value = match value {
-                    aws_sdk_dynamodb::types::AttributeValue::N(v) => {
-                        v.parse::<i64>().unwrap_or(0).max(0) as u64
-                    }
-                    _ => continue,
+                let (Some(bucket), AttributeValue::N(value)) = (
+                    attr.strip_prefix('l').and_then(|b| b.parse::<u32>().ok()),
+                    value,
+                ) else {
+                    continue;
                 };
-                if let Some(bucket) = attr.strip_prefix('l').and_then(|b| b.parse::<u32>().ok()) {
-                    *latency.entry(bucket).or_insert(0) += value;
-                } else if let Some((host, field)) =
-                    attr.strip_prefix("h|").and_then(|r| r.rsplit_once('|'))
-                {
-                    let d = hosts
-                        .entry(host.to_owned())
-                        .or_insert_with(|| DestinationStats {
-                            host: host.to_owned(),
-                            ..DestinationStats::default()
-                        });
-                    match field {
-                        "n" => d.attempts += value,
-                        "f" => d.failed += value,
-                        // The running sum; divided below.
-                        "ms" => d.avg_ms += value as f64,
-                        "max" => d.max_ms = d.max_ms.max(value),
-                        _ => {}
-                    }
-                }
+                *latency.entry(bucket).or_insert(0) += value.parse::<u64>().unwrap_or(0);
             }
         }
         let latency: Vec<(u32, u64)> = latency.into_iter().collect();
@@ -510,6 +519,16 @@ impl DynamoStore {
     }
 }
 
+/// A counter item's bucket start and, for a host's item, the host.
+fn parse_sort_key(sk: &str) -> Option<(i64, Option<&str>)> {
+    let rest = sk.get(2..)?;
+    let (start, host) = match rest.split_once('#') {
+        Some((start, host)) => (start, Some(host)),
+        None => (rest, None),
+    };
+    Some((start.parse().ok()?, host))
+}
+
 /// The (host, error code) group of a dead letter from the index, or `None` when the filter
 /// leaves it out (or the index trails the item, or retention has expired it).
 fn dead_letter_key(
@@ -545,5 +564,13 @@ mod tests {
         assert_eq!(Grain::Minute.sort_key(60_000), "m#0000000060000");
         assert_eq!(Grain::Hour.start_of(3_600_000 * 5 + 42), 3_600_000 * 5);
         assert!(Grain::Minute.sort_key(9 * MINUTE_MS) < Grain::Minute.sort_key(10 * MINUTE_MS));
+        let host_item = format!("{}#a.example", Grain::Minute.sort_key(9 * MINUTE_MS));
+        assert!(host_item < format!("{}~", Grain::Minute.sort_key(9 * MINUTE_MS)));
+        assert!(host_item < Grain::Minute.sort_key(10 * MINUTE_MS));
+        assert_eq!(
+            parse_sort_key(&host_item),
+            Some((9 * MINUTE_MS, Some("a.example")))
+        );
+        assert_eq!(parse_sort_key("h#0000000060000"), Some((60_000, None)));
     }
 }
