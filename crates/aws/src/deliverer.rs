@@ -257,7 +257,7 @@ impl Deliverer {
             let result = self
                 .store
                 .record_attempt_of(
-                    Some(&callback.tenant),
+                    Some(callback),
                     &callback.id,
                     attempt.clone(),
                     decision,

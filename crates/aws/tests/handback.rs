@@ -227,7 +227,7 @@ async fn an_attempt_in_flight_at_the_fence_is_recorded_but_not_made_due() {
     let retry = Decision::RetryAt(Utc::now() + Duration::seconds(30));
     let waits = store
         .record_attempt_of(
-            Some(&fenced.tenant),
+            Some(&fenced),
             &fenced.id,
             attempt(1, 500),
             retry,

@@ -178,7 +178,8 @@ pub async fn legacy_table(settings: &Settings) -> Result<Option<Arc<dyn LegacyTa
     Ok(Some(Arc::new(db)))
 }
 
-/// The API's state over any backend's stores and queue.
+/// The API's state over any backend's stores and queue. `console` says where console sessions
+/// live (this process's memory unless the backend shares them between instances).
 #[allow(clippy::too_many_arguments)]
 pub fn api_state(
     settings: &Settings,
@@ -190,6 +191,7 @@ pub fn api_state(
     clock: Arc<dyn Clock>,
     metrics: Option<fluxcb_http::MetricsRender>,
     legacy: LegacyParts,
+    console: fluxcb_http::console::ConsoleState,
 ) -> AppState {
     AppState::new(AppParts {
         callbacks,
@@ -217,7 +219,7 @@ pub fn api_state(
         legacy_upstream: legacy.upstream,
         migration: MigrationControl::new(settings.migration),
         legacy_receiver_formats: settings.legacy_receiver_formats.clone(),
-        console: Default::default(),
+        console,
     })
 }
 
@@ -356,6 +358,7 @@ impl App {
             clock.clone(),
             Some(with_destinations(prometheus(), destinations.clone())),
             legacy,
+            Default::default(),
         );
         let _ = state
             .console

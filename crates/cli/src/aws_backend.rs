@@ -104,6 +104,8 @@ impl AwsParts {
             self.clock.clone(),
             metrics,
             legacy,
+            // Sessions in the table: every API instance (each Lambda one) knows every session.
+            fluxcb_http::console::ConsoleState::with_sessions(self.store.clone()),
         )
     }
 

@@ -508,13 +508,14 @@ async fn console_end_to_end_in_headless_chromium() {
 }
 
 /// The same router on the AWS backend (as `serve --backend aws` and the Lambda API serve it):
-/// the session works for reads and, with its token, for writes; statistics are refused as
-/// unsupported (the console says so) rather than answered with a scan.
+/// the session works for reads and, with its token, for writes; the overview's statistics and
+/// the dead-letter groups come from the table's counters and the `by_status` index.
 #[tokio::test]
 async fn the_console_on_the_aws_backend() {
     let Some(app) = common::spawn_on(common::Backend::Aws, |_| {}).await else {
         return;
     };
+    let rx = receiver().await;
     let http = client();
     let cookie = login(&app, &app.key).await;
     let token = csrf_token(&app, &cookie).await;
@@ -541,17 +542,97 @@ async fn the_console_on_the_aws_backend() {
         .await
         .unwrap();
     assert_eq!(v["data"][0]["id"], id.as_str());
-    let r = http
-        .get(app.url("/v1/stats?window=1h"))
-        .header(COOKIE, &cookie)
-        .send()
+
+    // Known traffic through the deliverer: 3 delivered at once, one that fails 3 times and is
+    // dead-lettered (max_attempts 3), one that fails once and then succeeds.
+    let acme = tenant_key(&app, "acme").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.create(json!({ "url": format!("http://{rx}/ok/{i}") }))
+                .await,
+        );
+    }
+    let dead = app
+        .create(json!({ "url": format!("http://{rx}/flaky/5/dead"), "max_attempts": 3 }))
+        .await;
+    let late = app
+        .create(json!({ "url": format!("http://{rx}/flaky/1/late"), "max_attempts": 3 }))
+        .await;
+    let r = app
+        .post_as(
+            &acme,
+            "/v1/callbacks",
+            &json!({ "url": format!("http://{rx}/ok/acme") }),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let own = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for id in ids.iter().chain([&late, &own]) {
+        app.wait_status(id, "delivered", Duration::from_secs(30))
+            .await;
+    }
+    app.wait_status(&dead, "failed", Duration::from_secs(30))
+        .await;
+    // Counters are updated right after each attempt is recorded: the status can show first.
+    let expected =
+        json!({ "accepted": 7, "attempts": 9, "delivered": 5, "failed": 4, "dead_lettered": 1 });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats: Value = http
+            .get(app.url("/v1/stats?window=1h"))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["totals"] == expected || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // 7 accepted (the scheduled one too); attempts: 3 + 1 ok, 3 failed for `dead`, 1 failed
+    // and 1 ok for `late`.
+    assert_eq!(stats["totals"], expected, "{stats}");
+    assert_eq!(stats["dead_letters"], 1);
+    assert_eq!(stats["buckets"].as_array().unwrap().len(), 60);
+    assert_eq!(stats["destinations"][0]["host"], "127.0.0.1");
+    assert_eq!(stats["destinations"][0]["attempts"], 9);
+    assert!(stats["latency_ms"]["max_ms"].as_u64().is_some(), "{stats}");
+    let day = app.get_json("/v1/stats?window=1d").await;
+    assert_eq!(
+        day["totals"], stats["totals"],
+        "the day's hour counters agree"
+    );
+    let mine: Value = app
+        .get_as(&acme, "/v1/stats?window=1h")
+        .await
+        .json()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
     assert_eq!(
-        r.json::<Value>().await.unwrap()["type"],
-        "urn:fluxcb:problem:unsupported"
+        mine["totals"],
+        json!({ "accepted": 1, "attempts": 1, "delivered": 1, "failed": 0, "dead_lettered": 0 }),
+        "a tenant counts its own: {mine}"
     );
+    let groups = app.get_json("/v1/dead-letters/groups").await;
+    assert_eq!(groups["data"].as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups["data"][0]["host"], "127.0.0.1");
+    assert_eq!(groups["data"][0]["error"], "http_status");
+    assert_eq!(groups["data"][0]["count"], 1);
+    let theirs: Value = app
+        .get_as(&acme, "/v1/dead-letters/groups")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["data"], json!([]), "acme has no dead letters");
+
     let v: Value = http
         .get(app.url("/v1/destinations/health"))
         .header(COOKIE, &cookie)
@@ -576,6 +657,137 @@ async fn the_console_on_the_aws_backend() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["matched"], 0, "the dry run counts through the list");
+    assert_eq!(v["matched"], 1, "the dry run counts through the list");
     app.stop().await;
+}
+
+/// Two app instances on one table, as two Lambda instances behind API Gateway: a session opened
+/// on one works on the other, with its CSRF token; logging out on one ends it on both; a
+/// session past its expiry is refused although its item is still there (DynamoDB's TTL deletes
+/// late).
+#[tokio::test]
+async fn console_sessions_are_shared_between_instances_on_aws() {
+    let Some(first) = common::spawn_on(common::Backend::Aws, |_| {}).await else {
+        return;
+    };
+    let key = first.key.clone();
+    let shared = first.config.clone();
+    let second = common::spawn_on(common::Backend::Aws, |c| {
+        c.dynamodb_table = shared.dynamodb_table.clone();
+        c.sqs_queue_url = shared.sqs_queue_url.clone();
+        c.sqs_dlq_url = shared.sqs_dlq_url.clone();
+        c.api_key = Some(key.clone());
+    })
+    .await
+    .expect("the emulator runs");
+    let http = client();
+
+    let cookie = login(&first, &key).await;
+    let token = csrf_token(&second, &cookie).await;
+    assert_eq!(
+        token,
+        csrf_token(&first, &cookie).await,
+        "one session, one token"
+    );
+    let r = http
+        .get(second.url("/console/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the other instance serves the console");
+    let create = |app: &common::TestApp, token: &str| {
+        http.post(app.url("/v1/callbacks"))
+            .header(COOKIE, &cookie)
+            .header("x-csrf-token", token)
+            .json(&json!({ "url": "https://example.com/hook", "deliver_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339() }))
+            .send()
+    };
+    assert_eq!(create(&second, &token).await.unwrap().status(), 202);
+    assert_eq!(
+        create(&second, "wrong-token").await.unwrap().status(),
+        403,
+        "the token is checked on the other instance too"
+    );
+
+    let r = http
+        .post(second.url("/console/logout"))
+        .header(COOKIE, &cookie)
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for app in [&first, &second] {
+        let r = http
+            .get(app.url("/console/session"))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "logged out everywhere");
+        assert_eq!(create(app, &token).await.unwrap().status(), 401);
+    }
+
+    // Sessions written straight into the table: one live, one expired a second ago.
+    let store = fluxcb_aws::store::DynamoStore::new(
+        fluxcb_aws::AwsClients::from_env().await.dynamodb,
+        shared.dynamodb_table.clone(),
+        Default::default(),
+    );
+    let now = chrono::Utc::now();
+    for (id, expires_at) in [
+        ("live-session-id", now + chrono::Duration::hours(1)),
+        ("expired-session-id", now - chrono::Duration::seconds(1)),
+    ] {
+        fluxcb_core::ports::SessionStore::put_session(
+            &store,
+            &fluxcb_http::console::sessions::id_hash(id),
+            &fluxcb_core::ports::ConsoleSession {
+                key_hash: fluxcb_core::auth::hash_key(&key),
+                csrf_token: "t".into(),
+                expires_at,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let status = |id: &'static str| {
+        http.get(second.url("/console/session"))
+            .header(COOKIE, format!("fluxcb_session={id}"))
+            .send()
+    };
+    assert_eq!(status("live-session-id").await.unwrap().status(), 200);
+    assert_eq!(
+        status("expired-session-id").await.unwrap().status(),
+        401,
+        "expired, though its item is still in the table"
+    );
+    let item = store
+        .client()
+        .get_item()
+        .table_name(store.table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                "session#{}",
+                fluxcb_http::console::sessions::id_hash("expired-session-id")
+            )),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("session".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the expired item is still there");
+    assert!(
+        item.values()
+            .all(|v| v.as_s().map_or(true, |s| !s.contains("expired-session-id"))),
+        "the table holds the id's hash, never the id"
+    );
+    first.stop().await;
+    second.stop().await;
 }

@@ -23,6 +23,9 @@ pub const QUEUE_MESSAGES: &str = "fluxcb_queue_messages";
 pub const SWEEPER_ENQUEUED: &str = "fluxcb_sweeper_enqueued_total";
 /// Counter: in-flight callbacks returned to waiting after their worker's lease ran out.
 pub const LEASES_RECOVERED: &str = "fluxcb_leases_recovered_total";
+/// Counter: updates of the console's statistics counters that failed (AWS only). The callback
+/// or attempt they counted is recorded all the same; the console's figures are short by it.
+pub const STATS_UPDATES_FAILED: &str = "fluxcb_stats_updates_failed_total";
 
 /// Gauge, label `destination` (scheme://host:port, the top destinations only; the rest summed
 /// under [`OTHER_DESTINATIONS`]): 1 while the destination's circuit breaker is open (per process).

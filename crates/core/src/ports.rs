@@ -548,6 +548,34 @@ pub trait DestinationStore: Send + Sync + 'static {
     }
 }
 
+/// A console session as a [`SessionStore`] keeps it. The store never sees the session id itself,
+/// only its SHA-256 (so a copy of the store or a memory dump holds no usable cookie).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the API key that logged in: the key is looked up again on every request, so
+    /// revoking it ends its sessions.
+    pub key_hash: String,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Where console sessions live: in one process's memory for `fluxcb serve` on the embedded
+/// store, in the table on AWS so that every API instance (Lambda runs many) knows every session.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Keeps `session` under `id_hash` until its `expires_at`.
+    async fn put_session(&self, id_hash: &str, session: &ConsoleSession) -> Result<(), StoreError>;
+    /// The session under `id_hash` if it is still live at `now` (an expired one is never
+    /// returned, whether or not it has been cleaned up yet).
+    async fn session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConsoleSession>, StoreError>;
+    /// Ends the session (logout, or its key was revoked). Ending one that is gone is no error.
+    async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError>;
+}
+
 /// A committed callback and when it is due.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {

@@ -113,7 +113,8 @@ impl FromRequestParts<AppState> for Caller {
         let session = state
             .console
             .sessions
-            .get(id, Instant::now())
+            .get(id, state.clock.now())
+            .await?
             .ok_or(ApiError::Unauthorized)?;
         if !parts.method.is_safe() {
             let token = parts
@@ -127,7 +128,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         match authenticate_hash(state, &session.key_hash).await {
             Err(ApiError::Unauthorized) => {
-                state.console.sessions.remove(id);
+                state.console.sessions.remove(id).await?;
                 Err(ApiError::Unauthorized)
             }
             other => other.map(Caller),

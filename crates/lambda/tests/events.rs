@@ -184,6 +184,65 @@ async fn api_answers_in_the_gateway_v2_response_shape() {
     assert!(body["id"].as_str().is_some_and(|id| id.starts_with("cb_")));
 }
 
+/// Two cold starts of the API function (two instances behind API Gateway) on one table: a
+/// console session opened through one is honoured by the other, and a logout through the other
+/// ends it for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_session_opened_on_one_api_instance_works_on_another() {
+    let Some(f) = support::function(|_| {}).await else {
+        return;
+    };
+    f.parts.prepare(&f.settings).await.expect("prepare");
+    let other = fluxcb::aws_backend::AwsParts::new(
+        &f.settings,
+        f.parts.resources.clone(),
+        f.parts.clients.clone(),
+    );
+    let one = fluxcb_lambda::api_router(&f.settings, &f.parts, Default::default());
+    let two = fluxcb_lambda::api_router(&f.settings, &other, Default::default());
+    let send = |router: &axum::Router, request: axum::http::Request<axum::body::Body>| {
+        router.clone().oneshot(request)
+    };
+    let login = axum::http::Request::post("/console/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(format!("key={FIXTURE_API_KEY}")))
+        .unwrap();
+    let response = send(&one, login).await.unwrap();
+    assert_eq!(
+        response.status(),
+        303,
+        "logged in through the first instance"
+    );
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let session = |cookie: &str| {
+        axum::http::Request::get("/console/session")
+            .header("cookie", cookie)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let response = send(&two, session(&cookie)).await.unwrap();
+    assert_eq!(response.status(), 200, "known to the second instance");
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let token = body["csrf_token"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_owned();
+    let logout = axum::http::Request::post("/console/logout")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &token)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(send(&two, logout).await.unwrap().status(), 204);
+    assert_eq!(send(&one, session(&cookie)).await.unwrap().status(), 401);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The deliverer function.
 

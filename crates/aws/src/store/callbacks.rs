@@ -11,8 +11,9 @@ use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::migration::MigrationState;
 use fluxcb_core::ports::{
-    ActionResult, CallbackDetail, CallbackPage, CallbackStore, ImportOutcome, IngestBatch,
-    IngestResult, LegacyListFilter, LegacyPage, ListFilter, PageRequest, StoreError,
+    ActionResult, CallbackDetail, CallbackPage, CallbackStore, DeadLetterGroup, DeliveryStats,
+    ImportOutcome, IngestBatch, IngestResult, LegacyListFilter, LegacyPage, ListFilter,
+    PageRequest, StatsRequest, StoreError,
 };
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -33,7 +34,15 @@ pub(super) fn build_err(e: impl std::fmt::Display) -> StoreError {
 #[async_trait]
 impl CallbackStore for DynamoStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
-        self.ingest_batch(batch).await
+        let tenant = batch.tenant.clone();
+        let count = batch.callbacks.len();
+        let at = batch.callbacks.first().map(|c| c.created_at);
+        let result = self.ingest_batch(batch).await?;
+        // A replay was counted when it was first accepted.
+        if let (IngestResult::Accepted, Some(at)) = (&result, at) {
+            self.count_accepted(&tenant, at, count).await;
+        }
+        Ok(result)
     }
 
     async fn get(
@@ -181,6 +190,22 @@ impl CallbackStore for DynamoStore {
         self.record_attempt_of(None, id, attempt, decision, now)
             .await
             .map(|_| ())
+    }
+
+    async fn stats(
+        &self,
+        scope: &Scope,
+        request: &StatsRequest,
+    ) -> Result<DeliveryStats, StoreError> {
+        self.stats_window(scope, request).await
+    }
+
+    async fn dead_letter_groups(
+        &self,
+        scope: &Scope,
+        filter: &ListFilter,
+    ) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        self.group_dead_letters(scope, filter).await
     }
 
     async fn defer(&self, items: Vec<(CallbackId, DateTime<Utc>)>) -> Result<(), StoreError> {

@@ -271,6 +271,29 @@ fn req_n(item: &Item, key: &str) -> Result<i64, StoreError> {
     get_n(item, key).ok_or_else(|| bad(key))
 }
 
+/// The host name of a callback item's target URL (empty when it has none).
+pub(crate) fn host_of(item: &Item) -> String {
+    get_s(item, "url")
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Whether a callback item passes the filter's `host` and `metadata` conditions (read from
+/// the item, not from an index).
+pub(crate) fn matches_host_and_tag(item: &Item, filter: &fluxcb_core::ports::ListFilter) -> bool {
+    if filter.host.as_ref().is_some_and(|h| *h != host_of(item)) {
+        return false;
+    }
+    let Some((key, value)) = &filter.metadata else {
+        return true;
+    };
+    let metadata: BTreeMap<String, String> = get_s(item, "metadata")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    metadata.get(key) == Some(value)
+}
+
 /// Whether retention has expired the item (DynamoDB may not have deleted it yet).
 pub(crate) fn is_expired(item: &Item, now: DateTime<Utc>) -> bool {
     get_n(item, "expires_at").is_some_and(|at| at <= now.timestamp())

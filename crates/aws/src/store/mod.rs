@@ -15,6 +15,8 @@
 //! | legacy id pointer (names the callback) | `legacy#<legacy id>` | `legacy` |
 //! | `external_id` guard (names the callback) | `external#<tenant>#<external_id>` | `external` |
 //! | awaiting hand-back to legacy (names the callback) | `handback` | `<callback id>` |
+//! | console session (see [`sessions`]) | `session#<sha-256 of its id>` | `session` |
+//! | statistics counters (see [`stats`]) | `stats#<tenant>#<shard>` | `m#<ms>` / `h#<ms>` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
@@ -29,8 +31,11 @@ mod handback;
 mod import;
 mod ingest;
 mod items;
+mod latency;
 mod legacy;
 mod operations;
+mod sessions;
+pub mod stats;
 mod sweep;
 mod work;
 

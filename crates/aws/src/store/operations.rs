@@ -8,13 +8,13 @@ use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
 use fluxcb_core::ports::{ActionResult, ListFilter, StoreError};
-use fluxcb_core::status::Transition;
+use fluxcb_core::status::{Status, Transition};
 use fluxcb_core::tenant::{Scope, TenantId};
 
 use super::callbacks::{build_err, NOT_EXISTS};
 use super::items::{
     callback_from_item, callback_pk, due_shard, due_sort_key, event_item, expiry, get_s,
-    is_expired, ms, n, s, sweep_at, tenant_status, NewEvent, CALLBACK_SK,
+    is_expired, matches_host_and_tag, ms, n, s, sweep_at, tenant_status, NewEvent, CALLBACK_SK,
 };
 use super::{cancellation_codes, store_error, DynamoStore, Item, INDEX_BY_STATUS, INDEX_BY_TENANT};
 
@@ -243,10 +243,16 @@ impl DynamoStore {
         before: Option<CallbackId>,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError> {
-        if filter.host.is_some() || filter.metadata.is_some() {
+        // Dead letters are few (retention bounds them) and read from their own index
+        // partition, so those filters are applied as they are read; elsewhere they would read
+        // a tenant's every callback.
+        if (filter.host.is_some() || filter.metadata.is_some())
+            && filter.status != Some(Status::Failed)
+        {
             return Err(StoreError::Unsupported(
                 "filtering by destination host or metadata is not served by an index on the \
-                 AWS backend; filter by status and creation time instead"
+                 AWS backend except for dead letters (status=failed); filter by status and \
+                 creation time instead"
                     .into(),
             ));
         }
@@ -327,6 +333,9 @@ impl DynamoStore {
                     if get_s(&item, "status") != Some(st.as_str()) {
                         continue;
                     }
+                }
+                if !matches_host_and_tag(&item, filter) {
+                    continue;
                 }
                 out.push(item);
                 if out.len() >= limit {

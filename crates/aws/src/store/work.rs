@@ -78,28 +78,43 @@ impl DynamoStore {
         }
     }
 
-    /// [`fluxcb_core::ports::CallbackStore::record_attempt`], with the tenant when the caller knows it (the worker
-    /// that claimed the callback does), which saves a read. `Ok(true)` when the callback now
-    /// waits here for another attempt (a retry: the caller sends its message), `Ok(false)`
-    /// when it finished, or was handed back to legacy during the attempt (a retry then stays
-    /// legacy's: no `due` entry, no message), or was no longer in flight.
+    /// [`fluxcb_core::ports::CallbackStore::record_attempt`], with the claimed callback when
+    /// the caller has it (the worker that claimed it does), which saves a read: its tenant
+    /// builds the index keys, its host is counted in the statistics. `Ok(true)` when the
+    /// callback now waits here for another attempt (a retry: the caller sends its message),
+    /// `Ok(false)` when it finished, or was handed back to legacy during the attempt (a retry
+    /// then stays legacy's: no `due` entry, no message), or was no longer in flight.
     pub async fn record_attempt_of(
         &self,
-        tenant: Option<&TenantId>,
+        claimed: Option<&Callback>,
         id: &CallbackId,
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tenant = match tenant {
-            Some(t) => Some(t.clone()),
-            None => self.load(id).await?.map(|cb| cb.tenant),
+        let loaded;
+        let callback = match claimed {
+            Some(cb) => Some(cb),
+            None => {
+                loaded = self.load(id).await?;
+                loaded.as_ref()
+            }
         };
+        let tenant = callback.map(|cb| cb.tenant.clone());
         let retry = matches!(decision, Decision::RetryAt(_));
+        let made = &attempt;
+        let count = |dead_lettered: bool| async move {
+            if let Some(cb) = callback {
+                let host = cb.spec.url.host_str().unwrap_or_default();
+                self.count_attempt(&cb.tenant, host, made, dead_lettered)
+                    .await;
+            }
+        };
         if self
             .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Fluxcb)
             .await?
         {
+            count(matches!(decision, Decision::DeadLetter(_))).await;
             return Ok(retry);
         }
         // A retry is conditioned on fluxcb still owning the callback. If the rollback's fence
@@ -114,6 +129,7 @@ impl DynamoStore {
                     .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Legacy)
                     .await?
             {
+                count(false).await;
                 return Ok(false);
             }
         }
@@ -130,6 +146,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| store_error("recording an attempt", e))?;
+        count(false).await;
         Ok(false)
     }
 

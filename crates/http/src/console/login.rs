@@ -39,7 +39,8 @@ fn login_page(status: StatusCode, message: Option<&'static str>) -> Response {
 }
 
 pub async fn page(State(state): State<AppState>, request: Request) -> Response {
-    if session_of(&state, request.headers()).await.is_some() {
+    // A store that cannot answer shows the form: logging in again says what is wrong.
+    if let Ok(Some(_)) = session_of(&state, request.headers()).await {
         return redirect("/console/");
     }
     if request.uri().query() == Some("logged-out=1") {
@@ -106,7 +107,18 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
     match authenticate(&state, &key).await {
         Ok(api_key) => {
             state.console.limiter.succeeded(&addr);
-            let (id, _) = state.console.sessions.create(hash_key(&key), now);
+            let id = match state
+                .console
+                .sessions
+                .create(hash_key(&key), state.clock.now())
+                .await
+            {
+                Ok((id, _)) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "console login could not store the session");
+                    return login_page(StatusCode::SERVICE_UNAVAILABLE, Some(UNAVAILABLE));
+                }
+            };
             tracing::info!(key = %api_key.name, tenant = %api_key.tenant, "console login");
             let mut r = redirect("/console/");
             sessions::set_cookie(
@@ -134,7 +146,11 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Response
     let headers = request.headers();
     let secure = sessions::is_https(headers, request.uri());
     if let Some(id) = sessions::cookie_value(headers) {
-        if let Some(session) = state.console.sessions.get(id, Instant::now()) {
+        let session = match state.console.sessions.get(id, state.clock.now()).await {
+            Ok(s) => s,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        if let Some(session) = session {
             let token = headers
                 .get(CSRF_HEADER)
                 .and_then(|v| v.to_str().ok())
@@ -142,7 +158,9 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Response
             if !sessions::same_token(token, &session.csrf_token) {
                 return ApiError::CsrfRejected.into_response();
             }
-            state.console.sessions.remove(id);
+            if let Err(e) = state.console.sessions.remove(id).await {
+                return ApiError::from(e).into_response();
+            }
         }
     }
     let mut r = StatusCode::NO_CONTENT.into_response();

@@ -17,7 +17,6 @@ pub mod login;
 pub mod sessions;
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::header::{
@@ -29,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fluxcb_core::auth::ApiKey;
+use fluxcb_core::ports::SessionStore;
 use serde::Serialize;
 
 use crate::auth::authenticate_hash;
@@ -52,12 +52,23 @@ pub struct DestinationLoad {
 /// engine runs in the same process; Lambda's API function has none).
 pub type DestinationHealthFn = Arc<dyn Fn() -> Vec<DestinationLoad> + Send + Sync>;
 
-/// What the console keeps per process.
+/// What the console keeps per process (its sessions live where the composition root says).
 #[derive(Default)]
 pub struct ConsoleState {
     pub sessions: sessions::Sessions,
     pub limiter: limiter::LoginLimiter,
     pub destination_health: OnceLock<DestinationHealthFn>,
+}
+
+impl ConsoleState {
+    /// Sessions kept in `store` (shared by every API instance on AWS) instead of this
+    /// process's memory.
+    pub fn with_sessions(store: Arc<dyn SessionStore>) -> Self {
+        Self {
+            sessions: sessions::Sessions::new(store),
+            ..Self::default()
+        }
+    }
 }
 
 pub fn router() -> Router<AppState> {
@@ -88,21 +99,26 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The session named by the request's cookie and the live key behind it.
+/// The session named by the request's cookie and the live key behind it; `Ok(None)` without
+/// one. An error when the session store cannot answer (a 503 where it is returned).
 pub async fn session_of(
     state: &AppState,
     headers: &HeaderMap,
-) -> Option<(String, sessions::Session, ApiKey)> {
-    let id = sessions::cookie_value(headers)?;
-    let session = state.console.sessions.get(id, Instant::now())?;
+) -> Result<Option<(String, sessions::Session, ApiKey)>, ApiError> {
+    let Some(id) = sessions::cookie_value(headers) else {
+        return Ok(None);
+    };
+    let Some(session) = state.console.sessions.get(id, state.clock.now()).await? else {
+        return Ok(None);
+    };
     match authenticate_hash(state, &session.key_hash).await {
-        Ok(key) => Some((id.to_owned(), session, key)),
+        Ok(key) => Ok(Some((id.to_owned(), session, key))),
         Err(ApiError::Unauthorized) => {
             // The key was revoked: its sessions end with it.
-            state.console.sessions.remove(id);
-            None
+            state.console.sessions.remove(id).await?;
+            Ok(None)
         }
-        Err(_) => None,
+        Err(e) => Err(e),
     }
 }
 
@@ -124,8 +140,9 @@ pub fn html(status: StatusCode, body: String) -> Response {
 
 async fn shell(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match session_of(&state, &headers).await {
-        Some(_) => html(StatusCode::OK, assets::INDEX_HTML.to_owned()),
-        None => redirect("/console/login"),
+        Ok(Some(_)) => html(StatusCode::OK, assets::INDEX_HTML.to_owned()),
+        Ok(None) => redirect("/console/login"),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -146,7 +163,7 @@ async fn session_info(
     headers: HeaderMap,
 ) -> Result<Json<SessionView>, ApiError> {
     let (_, session, key) = session_of(&state, &headers)
-        .await
+        .await?
         .ok_or(ApiError::Unauthorized)?;
     Ok(Json(SessionView {
         name: key.name.clone(),

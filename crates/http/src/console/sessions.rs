@@ -1,24 +1,28 @@
 //! Console sessions: a login exchanges an API key for a random session id in an `HttpOnly`,
-//! `SameSite=Strict` cookie (and `Secure` over https), mapped in this process to the key's hash
-//! and a CSRF token, for [`SESSION_TTL`].
+//! `SameSite=Strict` cookie (and `Secure` over https), mapped in a [`SessionStore`] to the key's
+//! hash and a CSRF token, for [`SESSION_TTL`].
 //!
 //! Why server-side ids rather than signed tokens: a signed token needs a secret shared by every
 //! process that checks it, and fluxcb has none to give (the webhook signing secrets are known to
 //! receivers, so they must not sign anything else). A random id needs no secret, logout really
 //! ends the session, and since every request re-checks the key behind the session (through the
-//! key cache), revoking the key ends its sessions within [`crate::auth::KEY_CACHE_TTL`]. The
-//! cost: sessions live in one process's memory. `fluxcb serve` is one process per data
-//! directory, so that is exact there; a restart logs everyone out. Behind several Lambda
-//! instances a session is known only to the instance that made it, so the console there needs
-//! a shared session store first (the [`Sessions`] seam; not done yet, see the README).
+//! key cache), revoking the key ends its sessions within [`crate::auth::KEY_CACHE_TTL`].
+//!
+//! Where they live is the composition root's choice: [`MemorySessions`] for `fluxcb serve` on
+//! the embedded store (one process per data directory, so that is exact; a restart logs everyone
+//! out), the callback table on AWS (`fluxcb_aws`'s `DynamoStore`), so that a session opened
+//! through one Lambda instance works on every other. Stores only ever see the SHA-256 of an id.
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use chrono::{DateTime, Utc};
+pub use fluxcb_core::ports::ConsoleSession as Session;
+use fluxcb_core::ports::{SessionStore, StoreError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -27,23 +31,20 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const COOKIE_NAME: &str = "fluxcb_session";
 /// The header a cookie-authenticated POST, PUT, PATCH or DELETE must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Sessions held at most; the oldest go first beyond it.
+/// Sessions held at most in memory; the oldest go first beyond it.
 const MAX_SESSIONS: usize = 10_000;
 
-#[derive(Clone, Debug)]
-pub struct Session {
-    /// SHA-256 of the API key that logged in: the key is looked up on every request.
-    pub key_hash: String,
-    pub csrf_token: String,
-    pub expires_at: DateTime<Utc>,
-    expires: Instant,
+/// The console's sessions: makes ids and tokens, and keeps them in a [`SessionStore`] under
+/// the ids' hashes.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
 }
 
-/// The sessions of this process, keyed by the SHA-256 of their id (a memory dump shows no
-/// usable cookie).
-#[derive(Default)]
-pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(Arc::new(MemorySessions::default()))
+    }
 }
 
 fn random_token() -> String {
@@ -52,7 +53,8 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn id_hash(id: &str) -> String {
+/// What a store keeps a session under: the SHA-256 of its id, in hex.
+pub fn id_hash(id: &str) -> String {
     Sha256::digest(id.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -69,22 +71,63 @@ pub fn same_token(a: &str, b: &str) -> bool {
 }
 
 impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        Self { store }
+    }
+
     /// Starts a session for the key with this hash; returns the session id for the cookie.
-    pub fn create(&self, key_hash: String, now: Instant) -> (String, Session) {
+    pub async fn create(
+        &self,
+        key_hash: String,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Session), StoreError> {
         let id = random_token();
         let session = Session {
             key_hash,
             csrf_token: random_token(),
-            expires_at: Utc::now() + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default(),
-            expires: now + SESSION_TTL,
+            expires_at: now + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default(),
         };
-        let mut map = self.by_id.lock().expect("sessions poisoned");
+        self.store.put_session(&id_hash(&id), &session).await?;
+        Ok((id, session))
+    }
+
+    /// The live session with this id.
+    pub async fn get(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Session>, StoreError> {
+        self.store.session(&id_hash(id), now).await
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.store.delete_session(&id_hash(id)).await
+    }
+}
+
+/// Sessions in this process's memory, bounded by [`MAX_SESSIONS`].
+#[derive(Default)]
+pub struct MemorySessions {
+    by_hash: Mutex<HashMap<String, Session>>,
+}
+
+impl MemorySessions {
+    pub fn len(&self) -> usize {
+        self.by_hash.lock().expect("sessions poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessions {
+    async fn put_session(&self, id_hash: &str, session: &Session) -> Result<(), StoreError> {
+        let mut map = self.by_hash.lock().expect("sessions poisoned");
         if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| s.expires > now);
+            let now = Utc::now();
+            map.retain(|_, s| s.expires_at > now);
             while map.len() >= MAX_SESSIONS {
                 let Some(oldest) = map
                     .iter()
-                    .min_by_key(|(_, s)| s.expires)
+                    .min_by_key(|(_, s)| s.expires_at)
                     .map(|(k, _)| k.clone())
                 else {
                     break;
@@ -92,37 +135,33 @@ impl Sessions {
                 map.remove(&oldest);
             }
         }
-        map.insert(id_hash(&id), session.clone());
-        (id, session)
+        map.insert(id_hash.to_owned(), session.clone());
+        Ok(())
     }
 
-    /// The live session with this id; an expired one is forgotten.
-    pub fn get(&self, id: &str, now: Instant) -> Option<Session> {
-        let hash = id_hash(id);
-        let mut map = self.by_id.lock().expect("sessions poisoned");
-        match map.get(&hash) {
-            Some(s) if s.expires > now => Some(s.clone()),
+    /// An expired session is forgotten when asked for.
+    async fn session(
+        &self,
+        id_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut map = self.by_hash.lock().expect("sessions poisoned");
+        match map.get(id_hash) {
+            Some(s) if s.expires_at > now => Ok(Some(s.clone())),
             Some(_) => {
-                map.remove(&hash);
-                None
+                map.remove(id_hash);
+                Ok(None)
             }
-            None => None,
+            None => Ok(None),
         }
     }
 
-    pub fn remove(&self, id: &str) {
-        self.by_id
+    async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        self.by_hash
             .lock()
             .expect("sessions poisoned")
-            .remove(&id_hash(id));
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_id.lock().expect("sessions poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+            .remove(id_hash);
+        Ok(())
     }
 }
 
@@ -174,36 +213,49 @@ pub fn clear_cookie(headers: &mut HeaderMap, secure: bool) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_lives_twelve_hours_and_logout_ends_it() {
-        let sessions = Sessions::default();
-        let t0 = Instant::now();
-        let (id, s) = sessions.create("hash".into(), t0);
-        assert_eq!(id.len(), 43, "256 random bits, base64url");
-        assert_ne!(id, s.csrf_token);
-        assert_eq!(sessions.get(&id, t0).unwrap().key_hash, "hash");
-        assert!(sessions
-            .get(&id, t0 + SESSION_TTL - Duration::from_secs(1))
-            .is_some());
-        assert!(sessions.get(&id, t0 + SESSION_TTL).is_none());
-        assert!(sessions.is_empty(), "an expired session is forgotten");
-        let (id, _) = sessions.create("hash".into(), t0);
-        sessions.remove(&id);
-        assert!(sessions.get(&id, t0).is_none());
-        assert!(sessions.get("made-up", t0).is_none());
+    fn memory() -> (Arc<MemorySessions>, Sessions) {
+        let store = Arc::new(MemorySessions::default());
+        (store.clone(), Sessions::new(store))
     }
 
-    #[test]
-    fn ids_are_stored_hashed_and_bounded() {
-        let sessions = Sessions::default();
-        let t0 = Instant::now();
-        let (id, _) = sessions.create("h".into(), t0);
-        assert!(!sessions.by_id.lock().unwrap().contains_key(&id));
+    #[tokio::test]
+    async fn a_session_lives_twelve_hours_and_logout_ends_it() {
+        let (store, sessions) = memory();
+        let t0 = Utc::now();
+        let ttl = chrono::Duration::from_std(SESSION_TTL).unwrap();
+        let (id, s) = sessions.create("hash".into(), t0).await.unwrap();
+        assert_eq!(id.len(), 43, "256 random bits, base64url");
+        assert_ne!(id, s.csrf_token);
+        assert_eq!(
+            sessions.get(&id, t0).await.unwrap().unwrap().key_hash,
+            "hash"
+        );
+        let just_before = t0 + ttl - chrono::Duration::seconds(1);
+        assert!(sessions.get(&id, just_before).await.unwrap().is_some());
+        assert!(sessions.get(&id, t0 + ttl).await.unwrap().is_none());
+        assert!(store.is_empty(), "an expired session is forgotten");
+        let (id, _) = sessions.create("hash".into(), t0).await.unwrap();
+        sessions.remove(&id).await.unwrap();
+        assert!(sessions.get(&id, t0).await.unwrap().is_none());
+        assert!(sessions.get("made-up", t0).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn ids_are_stored_hashed_and_bounded() {
+        let (store, sessions) = memory();
+        let t0 = Utc::now();
+        let (id, _) = sessions.create("h".into(), t0).await.unwrap();
+        assert!(!store.by_hash.lock().unwrap().contains_key(&id));
+        assert!(store.by_hash.lock().unwrap().contains_key(&id_hash(&id)));
         for i in 0..MAX_SESSIONS + 5 {
-            sessions.create(format!("h{i}"), t0 + Duration::from_millis(i as u64 + 1));
+            let at = t0 + chrono::Duration::milliseconds(i as i64 + 1);
+            sessions.create(format!("h{i}"), at).await.unwrap();
         }
-        assert!(sessions.len() <= MAX_SESSIONS);
-        assert!(sessions.get(&id, t0).is_none(), "the oldest went first");
+        assert!(store.len() <= MAX_SESSIONS);
+        assert!(
+            sessions.get(&id, t0).await.unwrap().is_none(),
+            "the oldest went first"
+        );
     }
 
     #[test]
