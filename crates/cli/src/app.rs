@@ -277,6 +277,7 @@ impl App {
     async fn local(settings: &Settings) -> Result<(AppState, Engine, Option<String>), StartError> {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let store = SqliteStore::open(&settings.data_dir)?;
+        store.set_after_dead_letter(settings.ordering_after_dead_letter);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // A single process owns the embedded store: anything still marked in flight was in
         // flight when the previous process died, and goes back to pending (at-least-once).

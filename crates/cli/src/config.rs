@@ -61,6 +61,8 @@ pub struct Config {
     pub destination_max_in_flight: usize,
     /// How long a callback to a paused destination waits before it is looked at again.
     pub paused_recheck: String,
+    /// What a dead letter does to the later callbacks of its ordering key: continue or hold.
+    pub ordering_after_dead_letter: String,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub log_format: String,
@@ -116,6 +118,7 @@ impl Default for Config {
             max_in_flight: 512,
             destination_max_in_flight: 64,
             paused_recheck: "15s".into(),
+            ordering_after_dead_letter: "continue".into(),
             body_limit: 256 * 1024,
             batch_body_limit: 4 * 1024 * 1024,
             log_format: "auto".into(),
@@ -156,6 +159,7 @@ const ENV_KEYS: &[&str] = &[
     "max_in_flight",
     "destination_max_in_flight",
     "paused_recheck",
+    "ordering_after_dead_letter",
     "body_limit",
     "batch_body_limit",
     "log_format",
@@ -245,6 +249,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub destination_max_in_flight: usize,
     pub paused_recheck: Duration,
+    pub ordering_after_dead_letter: fluxcb_core::ordering::AfterDeadLetter,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub sweep_interval: Duration,
@@ -357,6 +362,13 @@ impl Config {
             "FLUXCB_AWS_CLAIM_LEASE",
             &self.aws_claim_lease,
         );
+        let ordering_after_dead_letter =
+            self.ordering_after_dead_letter.parse().unwrap_or_else(|e| {
+                errors.push(format!(
+                    "ordering_after_dead_letter (FLUXCB_ORDERING_AFTER_DEAD_LETTER): {e}"
+                ));
+                fluxcb_core::ordering::AfterDeadLetter::default()
+            });
         let aws = (backend == Some(Backend::Aws)).then(|| AwsNames {
             table: self.dynamodb_table.clone(),
             queue_url: self.sqs_queue_url.clone(),
@@ -584,6 +596,7 @@ impl Config {
             sweep_interval,
             sweep_grace,
             paused_recheck,
+            ordering_after_dead_letter,
             aws_claim_lease,
             aws,
         })

@@ -15,6 +15,8 @@ use crate::tenant::TenantId;
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
 pub const MAX_TIMEOUT_MS: u32 = 60_000;
+/// Longest `ordering_key`, in bytes.
+pub const MAX_ORDERING_KEY_BYTES: usize = 256;
 /// What a claim's lease leaves beyond the attempt's own timeout: time to read the signing
 /// secrets and record the attempt, and clock differences between workers. A lease shorter than
 /// an attempt plus this could end while the attempt is still on the wire, and the callback
@@ -202,6 +204,7 @@ pub struct NewCallback {
     pub timeout_ms: Option<u32>,
     pub metadata: BTreeMap<String, String>,
     pub wire_format: Option<String>,
+    pub ordering_key: Option<String>,
 }
 
 /// A validated callback request.
@@ -216,6 +219,9 @@ pub struct CallbackSpec {
     pub timeout_ms: Option<u32>,
     pub metadata: BTreeMap<String, String>,
     pub wire_format: WireFormat,
+    /// Callbacks with the same key (within a tenant) are delivered one at a time, in the order
+    /// they were accepted.
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -378,6 +384,14 @@ impl NewCallback {
                 WireFormat::default()
             }),
         };
+        if let Some(key) = &self.ordering_key {
+            if key.is_empty() || key.len() > MAX_ORDERING_KEY_BYTES {
+                errors.push(FieldError::new(
+                    "ordering_key",
+                    format!("must be 1 to {MAX_ORDERING_KEY_BYTES} bytes"),
+                ));
+            }
+        }
         if wire_format.includes_legacy() && matches!(payload, Payload::Raw { .. }) {
             errors.push(FieldError::new(
                 "body",
@@ -395,6 +409,7 @@ impl NewCallback {
                 timeout_ms: self.timeout_ms,
                 metadata: self.metadata,
                 wire_format,
+                ordering_key: self.ordering_key,
             }),
             _ => Err(errors),
         }

@@ -14,6 +14,7 @@
 //! - [`ports`]: the traits adapters implement (stores, sender, clock).
 //! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
 //! - [`message`]: versioned queue messages for queue-backed deployments.
+//! - [`ordering`]: ordered delivery per key and what a dead letter does to its key.
 //! - [`metric_names`]: the metrics vocabulary shared by every deployment.
 //! - [`legacy`], [`migration`]: the legacy services' wire format, API rules and table rows, and
 //!   the shadow/split switch used while callers move over.
@@ -32,6 +33,7 @@ pub mod legacy;
 pub mod message;
 pub mod metric_names;
 pub mod migration;
+pub mod ordering;
 pub mod ports;
 pub mod retry;
 pub mod signing;

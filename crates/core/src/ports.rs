@@ -432,6 +432,22 @@ pub trait CallbackStore: Send + Sync + 'static {
             "grouping dead letters is not served by this backend yet".into(),
         ))
     }
+    /// Whether callbacks may carry an `ordering_key` here.
+    fn supports_ordering_keys(&self) -> bool {
+        false
+    }
+    /// Releases a key held after a dead letter (policy `hold`): its next waiting callback
+    /// becomes due. Whether it was held.
+    async fn release_ordering_key(
+        &self,
+        _tenant: &TenantId,
+        _key: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unsupported(
+            "ordering keys are not served by this backend yet".into(),
+        ))
+    }
     /// Claims a callback for an immediate attempt whatever its due time (the legacy API's
     /// `send` action): a scheduled or pending one as it is, a failed one with one more attempt
     /// allowed. Records the operator action. `WrongState` when it is delivering or finished.

@@ -198,6 +198,7 @@ impl Dispatcher {
                             continue;
                         };
                         let parts = self.parts.clone();
+                        let wake = self.wake.clone();
                         started += 1;
                         tasks.spawn(async move {
                             let in_flight = metrics::gauge!(names::IN_FLIGHT);
@@ -205,6 +206,11 @@ impl Dispatcher {
                             deliver(&parts, &callback, &route).await;
                             in_flight.decrement(1.0);
                             drop(permit);
+                            // Its end may have made the next of its key due: look now rather
+                            // than at the next poll.
+                            if callback.spec.ordering_key.is_some() {
+                                wake.notify_one();
+                            }
                         });
                     }
                     Err(until) => {

@@ -34,6 +34,9 @@ pub struct CreateCallback {
     /// `standard_webhooks` (default), `legacy` (the legacy services' headers and signature,
     /// for receivers not yet moved; needs the legacy signing secret configured) or `both`.
     pub wire_format: Option<String>,
+    /// Callbacks of a tenant with the same key are delivered one at a time, in the order they
+    /// were accepted (1-256 bytes). One waiting for its predecessor has no `next_attempt_at`.
+    pub ordering_key: Option<String>,
 }
 
 impl From<CreateCallback> for NewCallback {
@@ -50,6 +53,7 @@ impl From<CreateCallback> for NewCallback {
             timeout_ms: c.timeout_ms,
             metadata: c.metadata.unwrap_or_default(),
             wire_format: c.wire_format,
+            ordering_key: c.ordering_key,
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct CallbackView {
     /// The legacy API's `external_id` (callbacks created through it or imported from it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
     /// Oldest first. Present on single-callback reads, omitted in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -219,6 +225,7 @@ impl CallbackView {
             wire_format: cb.spec.wire_format.as_str().to_owned(),
             legacy_id: cb.legacy_id,
             external_id: cb.external_id.clone(),
+            ordering_key: cb.spec.ordering_key.clone(),
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
         }
     }

@@ -217,6 +217,21 @@ async fn ingest(
             Err(errs) => errors.extend(errs),
         }
     }
+    if !state.callbacks.supports_ordering_keys() {
+        for (i, cb) in callbacks.iter().enumerate() {
+            if cb.spec.ordering_key.is_some() {
+                let e = FieldError::new(
+                    "ordering_key",
+                    "ordered delivery is not served by this backend yet (the embedded store has it)",
+                );
+                errors.push(if batch {
+                    e.prefixed(&format!("callbacks[{i}]"))
+                } else {
+                    e
+                });
+            }
+        }
+    }
     let legacy: Vec<usize> = callbacks
         .iter()
         .enumerate()

@@ -19,6 +19,7 @@ mod ingest;
 pub mod legacy_api;
 mod migration;
 pub mod openapi;
+mod ordering;
 pub mod rate_limit;
 pub mod request_limits;
 mod stats;
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .merge(migration::router())
         .merge(stats::router())
         .merge(destinations::router())
+        .merge(ordering::router())
         .merge(console::router())
         .merge(openapi::router())
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -23,6 +23,7 @@ use crate::AppState;
         crate::stats::dead_letter_groups,
         crate::stats::stats,
         crate::stats::destinations,
+        crate::ordering::release,
         crate::destinations::list,
         crate::destinations::create,
         crate::destinations::show,

@@ -29,6 +29,24 @@ use crate::SqliteStore;
 
 #[async_trait]
 impl CallbackStore for SqliteStore {
+    fn supports_ordering_keys(&self) -> bool {
+        true
+    }
+
+    async fn release_ordering_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (tenant, key) = (tenant.to_string(), key.to_owned());
+        self.writer()
+            .write(Durability::Full, move |c| {
+                crate::ops::release_key(c, &tenant, &key, now).map_err(sql)
+            })
+            .await
+    }
+
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
         let IngestBatch {
             tenant,
@@ -292,9 +310,10 @@ impl CallbackStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
+        let policy = self.after_dead_letter();
         self.writer()
             .write(Durability::Relaxed, move |c| {
-                record_attempt(c, &id, &attempt, decision, now).map_err(sql)
+                record_attempt(c, &id, &attempt, decision, now, policy).map_err(sql)
             })
             .await
     }

@@ -50,6 +50,8 @@ struct Inner {
     writer: Writer,
     readers: ReadPool,
     path: PathBuf,
+    /// What a dead letter does to its ordering key (`ordering_after_dead_letter`).
+    hold_after_dead_letter: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -73,8 +75,29 @@ impl SqliteStore {
                     idle: Mutex::new(Vec::new()),
                 },
                 path,
+                hold_after_dead_letter: Default::default(),
             }),
         })
+    }
+
+    /// What a dead letter does to the later callbacks of its ordering key (default: continue).
+    pub fn set_after_dead_letter(&self, policy: fluxcb_core::ordering::AfterDeadLetter) {
+        self.inner.hold_after_dead_letter.store(
+            policy == fluxcb_core::ordering::AfterDeadLetter::Hold,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn after_dead_letter(&self) -> fluxcb_core::ordering::AfterDeadLetter {
+        if self
+            .inner
+            .hold_after_dead_letter
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            fluxcb_core::ordering::AfterDeadLetter::Hold
+        } else {
+            fluxcb_core::ordering::AfterDeadLetter::Continue
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -5,6 +5,7 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::ordering::AfterDeadLetter;
 use fluxcb_core::ports::{ActionResult, ListFilter};
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
@@ -69,15 +70,21 @@ impl CallbackRow {
 
 pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Result<()> {
     let cb = &row.callback;
+    // Behind an unfinished predecessor with its key (or a held key), it waits without a due
+    // time; the predecessor's end makes it due (`promote_next`).
+    let next_attempt_at = match &cb.spec.ordering_key {
+        Some(key) if key_is_busy(c, cb.tenant.as_str(), key)? => None,
+        _ => cb.next_attempt_at,
+    };
     let (kind, content_type, body) = rows::payload_columns(&cb.spec.payload);
     c.prepare_cached(
         "INSERT INTO callbacks (id, tenant, status, url, host, method, headers, body_kind, \
          content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
          attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
          created_at, updated_at, created_by, wire_format, legacy_id, external_id, url_as_given, \
-         last_status_code, owner, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?26, ?20, ?21, ?22, ?23, ?24, ?25, ?27, \
-         ?28)",
+         last_status_code, owner, last_error, ordering_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?26, ?20, ?21, ?22, ?23, \
+         ?24, ?25, ?27, ?28, ?29)",
     )?
     .execute(params![
         row.id,
@@ -91,7 +98,7 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         content_type,
         body,
         cb.spec.deliver_at.map(ms),
-        cb.next_attempt_at.map(ms),
+        next_attempt_at.map(ms),
         cb.attempts_made,
         cb.max_attempts,
         cb.spec.max_attempts,
@@ -108,6 +115,7 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         ms(cb.updated_at),
         cb.owner.as_str(),
         cb.last_error,
+        cb.spec.ordering_key,
     ])?;
     let mut tag = c.prepare_cached(
         "INSERT OR IGNORE INTO callback_tags (key, value, callback_id) VALUES (?1, ?2, ?3)",
@@ -116,6 +124,63 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         tag.execute(params![key, value, row.id])?;
     }
     Ok(())
+}
+
+/// Whether a key has an unfinished callback (waiting, due or in flight) or is held.
+fn key_is_busy(c: &Connection, tenant: &str, key: &str) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM callbacks WHERE tenant = ?1 AND ordering_key = ?2 \
+         AND status IN ('scheduled', 'pending', 'delivering')) \
+         OR EXISTS (SELECT 1 FROM ordering_holds WHERE tenant = ?1 AND key = ?2)",
+    )?
+    .query_row(params![tenant, key], |r| r.get(0))
+}
+
+/// Makes the first waiting callback of a key due, unless another of the key is still due or
+/// in flight or the key is held. Called in the transaction that ends a callback of the key.
+pub(crate) fn promote_next(
+    c: &Connection,
+    tenant: &str,
+    key: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE callbacks SET next_attempt_at = MAX(COALESCE(deliver_at, ?3), ?3), \
+         updated_at = ?3 \
+         WHERE id = (SELECT id FROM callbacks WHERE tenant = ?1 AND ordering_key = ?2 \
+             AND status IN ('scheduled', 'pending') AND next_attempt_at IS NULL \
+             AND owner = 'fluxcb' ORDER BY id LIMIT 1) \
+         AND NOT EXISTS (SELECT 1 FROM callbacks WHERE tenant = ?1 AND ordering_key = ?2 \
+             AND (status = 'delivering' OR (status IN ('scheduled', 'pending') \
+             AND next_attempt_at IS NOT NULL))) \
+         AND NOT EXISTS (SELECT 1 FROM ordering_holds WHERE tenant = ?1 AND key = ?2)",
+    )?
+    .execute(params![tenant, key, ms(now)])?;
+    Ok(())
+}
+
+/// The tenant and key of a callback with one.
+fn ordering_of(c: &Connection, id: &str) -> rusqlite::Result<Option<(String, String)>> {
+    c.prepare_cached(
+        "SELECT tenant, ordering_key FROM callbacks WHERE id = ?1 AND ordering_key IS NOT NULL",
+    )?
+    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// Releases a held key: its next waiting callback becomes due. Whether it was held.
+pub(crate) fn release_key(
+    c: &Connection,
+    tenant: &str,
+    key: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<bool> {
+    let released = c
+        .prepare_cached("DELETE FROM ordering_holds WHERE tenant = ?1 AND key = ?2")?
+        .execute(params![tenant, key])?
+        > 0;
+    promote_next(c, tenant, key, now)?;
+    Ok(released)
 }
 
 pub(crate) fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Callback>> {
@@ -243,6 +308,9 @@ pub(crate) fn operator_action(
                  updated_at = ?2 WHERE id = ?1",
             )?
             .execute(params![idt, ms(now)])?;
+            if let Some((tenant, key)) = ordering_of(c, &idt)? {
+                promote_next(c, &tenant, &key, now)?;
+            }
             EventKind::Cancelled
         }
         _ => {
@@ -274,6 +342,9 @@ pub(crate) fn revive(c: &Connection, id: &str, now: DateTime<Utc>) -> rusqlite::
          max_attempts = attempts_made + attempt_budget WHERE id = ?1 AND status = 'failed'",
     )?
     .execute(params![id, ms(now)])?;
+    // A dead letter holding its key goes first again: the hold is its own turn.
+    c.prepare_cached("DELETE FROM ordering_holds WHERE callback_id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
@@ -283,6 +354,7 @@ pub(crate) fn record_attempt(
     attempt: &Attempt,
     decision: Decision,
     now: DateTime<Utc>,
+    after_dead_letter: AfterDeadLetter,
 ) -> rusqlite::Result<()> {
     let (transition, next_at) = match decision {
         Decision::Delivered => (Transition::Succeed, None),
@@ -317,6 +389,18 @@ pub(crate) fn record_attempt(
             callback_id = id,
             "attempt finished for a callback no longer in flight"
         );
+    } else if to != Status::Pending {
+        if let Some((tenant, key)) = ordering_of(c, id)? {
+            if to == Status::Failed && after_dead_letter == AfterDeadLetter::Hold {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO ordering_holds (tenant, key, callback_id, held_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![tenant, key, id, ms(now)])?;
+            } else {
+                promote_next(c, &tenant, &key, now)?;
+            }
+        }
     }
     let reason = match decision {
         Decision::DeadLetter(r) => Some(r.as_str()),

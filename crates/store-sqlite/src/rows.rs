@@ -19,7 +19,7 @@ pub const CALLBACK_COLUMNS: &str = "id, tenant, status, url, method, headers, bo
     content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
     max_attempts_override, timeout_ms, timeout_override, metadata, created_at, updated_at, \
     created_by, last_error, wire_format, legacy_id, external_id, url_as_given, \
-    last_status_code, owner";
+    last_status_code, owner, ordering_key";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -68,6 +68,7 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
                 .get::<_, String>(21)?
                 .parse()
                 .map_err(|e: String| text_err(21, e))?,
+            ordering_key: row.get(27)?,
         },
         next_attempt_at: row.get::<_, Option<i64>>(10)?.map(from_ms),
         attempts_made: row.get(11)?,

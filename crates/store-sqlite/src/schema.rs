@@ -190,6 +190,22 @@ CREATE TABLE destinations (
     UNIQUE (tenant, match_key)
 );
 "#,
+    r#"
+-- Ordered delivery per key (version 6). A callback whose key has an unfinished predecessor waits
+-- with no due time (`next_attempt_at` NULL) until the predecessor finishes; this index finds a
+-- key's callbacks in acceptance order.
+ALTER TABLE callbacks ADD COLUMN ordering_key TEXT;
+CREATE INDEX callbacks_by_ordering_key ON callbacks (tenant, ordering_key, id)
+    WHERE ordering_key IS NOT NULL;
+-- Keys held after a dead letter (policy `hold`) until an operator releases them or retries it.
+CREATE TABLE ordering_holds (
+    tenant       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    callback_id  TEXT NOT NULL,
+    held_at      INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

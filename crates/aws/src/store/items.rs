@@ -342,6 +342,8 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
                 Some(f) => f.parse().map_err(|_| bad("wire_format"))?,
                 None => WireFormat::default(),
             },
+            // Ordering keys are refused on this backend (not served yet).
+            ordering_key: None,
         },
         status,
         attempts_made: req_n(item, "attempts_made")? as u32,

@@ -79,6 +79,7 @@ impl LegacyCreate {
             timeout_ms: None,
             metadata: BTreeMap::new(),
             wire_format: WireFormat::Legacy,
+            ordering_key: None,
         }
     }
 }

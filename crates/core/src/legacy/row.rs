@@ -121,6 +121,7 @@ pub fn callback_from_row(
             timeout_ms: None,
             metadata: BTreeMap::new(),
             wire_format: WireFormat::Legacy,
+            ordering_key: None,
         },
         status,
         attempts_made: u32::try_from(row.attempts).unwrap_or(0),
