@@ -83,6 +83,31 @@ impl Api {
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: {e}"))
     }
 
+    /// POSTs a JSON body; the status and the decoded answer.
+    pub async fn post(&mut self, path: &str, body: Bytes) -> Result<(u16, Value), String> {
+        let conn = match self.conn.as_mut() {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(load::connect(self.addr).await.map_err(|e| e.to_string())?),
+        };
+        let req = load::request(Method::POST, self.addr, path, Some(&self.auth), body);
+        let (status, body) =
+            match tokio::time::timeout(load::REQUEST_TIMEOUT, load::exchange(conn, req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.conn = None;
+                    return Err(format!("POST {path}: {e}"));
+                }
+                Err(_) => {
+                    self.conn = None;
+                    return Err(format!("POST {path}: timed out"));
+                }
+            };
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok((status.as_u16(), value))
+    }
+
     /// Whether any callback is in `status` (one index seek on the server).
     pub async fn any_in(&mut self, status: &str) -> Result<bool, String> {
         let page = self

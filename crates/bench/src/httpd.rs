@@ -25,7 +25,7 @@ use crate::load::histogram;
 
 /// Serves HTTP/1.1 on `listener` until the returned task is aborted; aborting it also ends
 /// every open connection, since they live in its `JoinSet`.
-fn serve<F, Fut>(listener: TcpListener, handler: F) -> JoinHandle<()>
+pub(crate) fn serve<F, Fut>(listener: TcpListener, handler: F) -> JoinHandle<()>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -54,7 +54,7 @@ where
     })
 }
 
-fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+pub(crate) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;
     r

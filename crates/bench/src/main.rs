@@ -18,6 +18,7 @@ mod clock;
 mod console;
 mod httpd;
 mod load;
+mod ordered;
 mod procs;
 mod report;
 mod scenarios;
@@ -34,7 +35,7 @@ use crate::scenarios::{Ceiling, Opts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// ceiling, ingest, ingest-batch, deliver, end-to-end (and memory with --scale).
+    /// ceiling, ingest, ingest-batch, deliver, end-to-end, ordered (and memory with --scale).
     All,
     /// The trivial 202 server under the ingest loads: the ratios' denominator.
     Ceiling,
@@ -50,6 +51,9 @@ enum Scenario {
     Memory,
     /// The console's pages and data calls with --console-count callbacks stored (runs alone).
     Console,
+    /// 1,000 ordering keys × 100 callbacks, 10% of first attempts failing: throughput, and
+    /// order proven at the receiver.
+    Ordered,
 }
 
 #[derive(Parser)]
@@ -198,6 +202,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::IngestBatch,
                 Scenario::Deliver,
                 Scenario::EndToEnd,
+                Scenario::Ordered,
                 Scenario::Memory,
             ],
             Scenario::All => &[
@@ -206,6 +211,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::IngestBatch,
                 Scenario::Deliver,
                 Scenario::EndToEnd,
+                Scenario::Ordered,
             ],
             other => std::slice::from_ref(other),
         };
@@ -281,6 +287,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 Scenario::Deliver => vec![scenarios::deliver(&opts, rep, ceiling.as_ref()).await?],
                 Scenario::EndToEnd => vec![scenarios::end_to_end(&opts, rep).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
+                Scenario::Ordered => {
+                    vec![ordered::ordered(&opts, rep, ordered::KEYS, ordered::PER_KEY).await?]
+                }
                 Scenario::All => unreachable!("expanded by plan()"),
                 Scenario::Console => unreachable!("runs alone, before the plan"),
             };

@@ -47,14 +47,14 @@ pub struct Ceiling {
     pub batch_rps: f64,
 }
 
-struct Snapshot {
+pub(crate) struct Snapshot {
     server: procs::ProcSample,
     bench_cpu: f64,
     machine_cpu: f64,
     at: Instant,
 }
 
-fn snapshot(pid: u32) -> Snapshot {
+pub(crate) fn snapshot(pid: u32) -> Snapshot {
     Snapshot {
         server: procs::sample(pid),
         bench_cpu: procs::self_cpu_seconds(),
@@ -63,7 +63,7 @@ fn snapshot(pid: u32) -> Snapshot {
     }
 }
 
-fn cpu_between(a: &Snapshot, b: &Snapshot) -> Cpu {
+pub(crate) fn cpu_between(a: &Snapshot, b: &Snapshot) -> Cpu {
     let server_s = b.server.cpu_s - a.server.cpu_s;
     let bench_s = b.bench_cpu - a.bench_cpu;
     Cpu {
@@ -103,7 +103,7 @@ fn fill(run: &mut Run, result: &LoadResult, items_per_request: u64, cpu: Cpu) {
 }
 
 /// Reads the server's memory and log, then stops it.
-async fn finish(run: &mut Run, server: Proc) {
+pub(crate) async fn finish(run: &mut Run, server: Proc) {
     memory(run, server.pid);
     let (problems, last) = server.log_problems();
     if problems > 0 {
