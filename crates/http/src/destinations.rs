@@ -301,7 +301,7 @@ pub struct RotateDestinationSecret {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct DestinationView {
+pub struct RegisteredDestinationView {
     pub id: String,
     pub tenant: String,
     #[serde(rename = "match")]
@@ -328,7 +328,7 @@ pub struct DestinationView {
 
 #[derive(Serialize, ToSchema)]
 pub struct DestinationList {
-    pub data: Vec<DestinationView>,
+    pub data: Vec<RegisteredDestinationView>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -338,7 +338,11 @@ pub struct DestinationsQuery {
     pub tenant: Option<String>,
 }
 
-fn view(state: &AppState, r: &RegisteredDestination, secret: Option<String>) -> DestinationView {
+fn view(
+    state: &AppState,
+    r: &RegisteredDestination,
+    secret: Option<String>,
+) -> RegisteredDestinationView {
     let health = r.limits_key().and_then(|key| {
         state
             .console
@@ -346,7 +350,7 @@ fn view(state: &AppState, r: &RegisteredDestination, secret: Option<String>) -> 
             .get()
             .and_then(|read| read().into_iter().find(|d| d.destination == key))
     });
-    DestinationView {
+    RegisteredDestinationView {
         id: r.id.to_string(),
         tenant: r.tenant.to_string(),
         matcher: MatchView::of(&r.matcher),
@@ -427,14 +431,14 @@ pub async fn list(
 }
 
 #[utoipa::path(post, path = "/v1/destinations", tag = "destinations", request_body = CreateDestination,
-    responses((status = 201, body = DestinationView), (status = 400, body = Problem),
+    responses((status = 201, body = RegisteredDestinationView), (status = 400, body = Problem),
         (status = 409, description = "The tenant already registered this match", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     body: JsonBody<CreateDestination>,
-) -> Result<(StatusCode, Json<DestinationView>), ApiError> {
+) -> Result<(StatusCode, Json<RegisteredDestinationView>), ApiError> {
     let input = body.value;
     let tenant = target_tenant(&caller, input.tenant.as_deref())?;
     let mut errors = Vec::new();
@@ -471,13 +475,13 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/v1/destinations/{id}", tag = "destinations",
     params(("id" = String, Path, description = "dst_…")),
-    responses((status = 200, body = DestinationView), (status = 404, body = Problem)),
+    responses((status = 200, body = RegisteredDestinationView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     let r = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, &r, None)))
 }
@@ -517,7 +521,7 @@ async fn modify<T>(
 
 #[utoipa::path(patch, path = "/v1/destinations/{id}", tag = "destinations", request_body = UpdateDestination,
     params(("id" = String, Path, description = "dst_…")),
-    responses((status = 200, body = DestinationView), (status = 400, body = Problem),
+    responses((status = 200, body = RegisteredDestinationView), (status = 400, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn update(
@@ -525,7 +529,7 @@ pub async fn update(
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody<UpdateDestination>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     let input = body.value;
     let mut errors = Vec::new();
     let matcher = match &input.matcher {
@@ -598,7 +602,7 @@ async fn set_paused(
     caller: Caller,
     id: String,
     paused: bool,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     let (r, ()) = modify(&state, &caller, &id, |r| {
         r.paused = paused;
         Ok(())
@@ -611,38 +615,40 @@ async fn set_paused(
 /// Callbacks to a paused destination wait (no attempt is counted) until it is resumed.
 #[utoipa::path(post, path = "/v1/destinations/{id}/pause", tag = "destinations",
     params(("id" = String, Path, description = "dst_…")),
-    responses((status = 200, body = DestinationView), (status = 404, body = Problem)),
+    responses((status = 200, body = RegisteredDestinationView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     set_paused(state, caller, id, true).await
 }
 
 #[utoipa::path(post, path = "/v1/destinations/{id}/resume", tag = "destinations",
     params(("id" = String, Path, description = "dst_…")),
-    responses((status = 200, body = DestinationView), (status = 404, body = Problem)),
+    responses((status = 200, body = RegisteredDestinationView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     set_paused(state, caller, id, false).await
 }
 
 #[utoipa::path(post, path = "/v1/destinations/{id}/rotate-secret", tag = "destinations",
     request_body = RotateDestinationSecret, params(("id" = String, Path, description = "dst_…")),
-    responses((status = 200, body = DestinationView), (status = 404, body = Problem)),
+    responses((status = 200, body = RegisteredDestinationView),
+        (status = 400, description = "Invalid or missing JSON body (send `{}` for the defaults)", body = Problem),
+        (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody<RotateDestinationSecret>,
-) -> Result<Json<DestinationView>, ApiError> {
+) -> Result<Json<RegisteredDestinationView>, ApiError> {
     let grace = chrono::Duration::seconds(body.value.grace_seconds.unwrap_or(86_400).into());
     let now = state.clock.now();
     let (r, secret) = modify(&state, &caller, &id, |r| Ok(r.rotate_secret(now, grace))).await?;
