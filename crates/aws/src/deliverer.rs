@@ -180,9 +180,8 @@ impl Deliverer {
             .await;
             return Ok(Handled::Deferred);
         }
-        let own_secrets = route.as_ref().and_then(|r| r.secrets.clone());
-        let secrets = match own_secrets {
-            Some(own) => Ok(own),
+        let secrets = match &route {
+            Some(r) => r.signing_secrets(&self.secrets, &callback.tenant).await,
             None => self.secrets.get(&callback.tenant).await,
         };
         let secrets = match secrets {
@@ -198,16 +197,14 @@ impl Deliverer {
             &callback,
             route
                 .as_ref()
-                .and_then(|r| r.sender.as_deref())
-                .unwrap_or(self.sender.as_ref()),
+                .map_or(self.sender.as_ref(), |r| r.sender(self.sender.as_ref())),
             SigningKeys {
                 standard: &secrets,
                 legacy: self.legacy_secret.as_deref(),
             },
             route
                 .as_ref()
-                .and_then(|r| r.policy.as_deref())
-                .unwrap_or(&self.policy),
+                .map_or(&self.policy, |r| r.policy(&self.policy)),
             self.clock.as_ref(),
         )
         .await;

@@ -245,29 +245,29 @@ impl Dispatcher {
 }
 
 async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) {
-    let secrets = match &route.secrets {
-        Some(own) => own.clone(),
-        None => match parts.secrets.get(&callback.tenant).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Without its secrets the callback cannot be signed: leave it claimed; the
-                // lease brings it back once the store recovers.
-                tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot load signing secrets");
-                parts
-                    .destinations
-                    .finish(&route.key, Verdict::Neutral, Instant::now());
-                return;
-            }
-        },
+    let secrets = match route
+        .signing_secrets(&parts.secrets, &callback.tenant)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Without its secrets the callback cannot be signed: leave it claimed; the lease
+            // brings it back once the store recovers.
+            tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "cannot load signing secrets");
+            parts
+                .destinations
+                .finish(&route.key, Verdict::Neutral, Instant::now());
+            return;
+        }
     };
     let step = attempt_delivery(
         &route.applied_to(callback),
-        route.sender.as_deref().unwrap_or(parts.sender.as_ref()),
+        route.sender(parts.sender.as_ref()),
         SigningKeys {
             standard: &secrets,
             legacy: parts.legacy_secret.as_deref(),
         },
-        route.policy.as_deref().unwrap_or(&parts.policy),
+        route.policy(&parts.policy),
         parts.clock.as_ref(),
     )
     .await;

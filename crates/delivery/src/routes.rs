@@ -18,6 +18,7 @@ use fluxcb_core::retry::RetryPolicy;
 use fluxcb_core::signing::SigningSecret;
 
 use crate::destinations::{DestinationLimits, EntryLimits};
+use crate::secrets::SecretCache;
 use crate::sender::{ClientIdentity, HttpSender, SenderConfig};
 
 /// How one callback is delivered right now.
@@ -168,6 +169,28 @@ impl DestinationRoutes {
 }
 
 impl Route {
+    /// The client to send with: the registration's own, or `shared`.
+    pub fn sender<'a>(&'a self, shared: &'a dyn Sender) -> &'a dyn Sender {
+        self.sender.as_deref().unwrap_or(shared)
+    }
+
+    /// The retry policy: the registration's schedule, or `base`.
+    pub fn policy<'a>(&'a self, base: &'a RetryPolicy) -> &'a RetryPolicy {
+        self.policy.as_deref().unwrap_or(base)
+    }
+
+    /// The secrets that sign: the registration's own, or the tenant's from `tenant_secrets`.
+    pub async fn signing_secrets(
+        &self,
+        tenant_secrets: &SecretCache,
+        tenant: &fluxcb_core::tenant::TenantId,
+    ) -> Result<Arc<Vec<SigningSecret>>, StoreError> {
+        match &self.secrets {
+            Some(own) => Ok(own.clone()),
+            None => tenant_secrets.get(tenant).await,
+        }
+    }
+
     /// The callback with its effective timeout and attempt budget, which is what the engine
     /// reads (a copy only where they differ from what is stored).
     pub fn applied_to<'a>(&self, callback: &'a Callback) -> std::borrow::Cow<'a, Callback> {

@@ -32,8 +32,8 @@ impl SendNow for ImmediateDelivery {
             Some(routes) => Some(routes.route(callback).await?),
             None => None,
         };
-        let secrets = match route.as_ref().and_then(|r| r.secrets.clone()) {
-            Some(own) => own,
+        let secrets = match &route {
+            Some(r) => r.signing_secrets(&self.secrets, &callback.tenant).await?,
             None => self.secrets.get(&callback.tenant).await?,
         };
         let applied = match &route {
@@ -45,16 +45,14 @@ impl SendNow for ImmediateDelivery {
             self.store.as_ref(),
             route
                 .as_ref()
-                .and_then(|r| r.sender.as_deref())
-                .unwrap_or(self.sender.as_ref()),
+                .map_or(self.sender.as_ref(), |r| r.sender(self.sender.as_ref())),
             SigningKeys {
                 standard: &secrets,
                 legacy: self.legacy_secret.as_deref(),
             },
             route
                 .as_ref()
-                .and_then(|r| r.policy.as_deref())
-                .unwrap_or(&self.policy),
+                .map_or(&self.policy, |r| r.policy(&self.policy)),
             self.clock.as_ref(),
         )
         .await?;

@@ -144,7 +144,12 @@ pub struct TenantQuery {
     pub tenant: Option<String>,
 }
 
-fn target_tenant(caller: &Caller, requested: Option<&str>) -> Result<TenantId, ApiError> {
+/// The tenant a request acts on: the caller's own, or the one an admin key names (a tenant key
+/// naming another tenant is forbidden).
+pub(crate) fn target_tenant(
+    caller: &Caller,
+    requested: Option<&str>,
+) -> Result<TenantId, ApiError> {
     match (requested, caller.scope()) {
         (None, _) => Ok(caller.0.tenant.clone()),
         (Some(t), Scope::All) => TenantId::parse(t)

@@ -13,10 +13,11 @@ use fluxcb_core::callback::{FieldError, WireFormat};
 use fluxcb_core::destination::{
     DestinationId, DestinationMatch, DestinationSettings, DestinationTls, RegisteredDestination,
 };
-use fluxcb_core::tenant::{Scope, TenantId};
+use fluxcb_core::tenant::Scope;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::admin::target_tenant;
 use crate::auth::Caller;
 use crate::console::DestinationLoad;
 use crate::dto::rfc3339;
@@ -368,16 +369,6 @@ fn view(
         revision: r.revision,
         health,
         signing_secret: secret,
-    }
-}
-
-fn target_tenant(caller: &Caller, requested: Option<&str>) -> Result<TenantId, ApiError> {
-    match (requested, caller.scope()) {
-        (None, _) => Ok(caller.0.tenant.clone()),
-        (Some(t), Scope::All) => TenantId::parse(t)
-            .map_err(|e| ApiError::Validation(vec![FieldError::new("tenant", e.to_string())])),
-        (Some(t), Scope::Tenant(own)) if own.as_str() == t => Ok(own),
-        (Some(_), Scope::Tenant(_)) => Err(ApiError::Forbidden),
     }
 }
 

@@ -4,10 +4,10 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use fluxcb_core::callback::FieldError;
-use fluxcb_core::tenant::{Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::admin::target_tenant;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
@@ -40,13 +40,7 @@ pub async fn release(
     body: JsonBody<ReleaseKey>,
 ) -> Result<Json<Released>, ApiError> {
     let input = body.value;
-    let tenant = match (input.tenant.as_deref(), caller.scope()) {
-        (None, _) => caller.0.tenant.clone(),
-        (Some(t), Scope::All) => TenantId::parse(t)
-            .map_err(|e| ApiError::Validation(vec![FieldError::new("tenant", e.to_string())]))?,
-        (Some(t), Scope::Tenant(own)) if own.as_str() == t => own,
-        (Some(_), Scope::Tenant(_)) => return Err(ApiError::Forbidden),
-    };
+    let tenant = target_tenant(&caller, input.tenant.as_deref())?;
     if input.key.is_empty() || input.key.len() > fluxcb_core::callback::MAX_ORDERING_KEY_BYTES {
         return Err(ApiError::Validation(vec![FieldError::new(
             "key",
