@@ -27,6 +27,9 @@ use crate::rows::{self, from_ms, ms, ATTEMPT_COLUMNS, CALLBACK_COLUMNS};
 use crate::writer::Durability;
 use crate::SqliteStore;
 
+/// Below this much free space the store is not ready: an ingest batch would not fit.
+const MIN_FREE_BYTES: u64 = 1024 * 1024;
+
 #[async_trait]
 impl CallbackStore for SqliteStore {
     fn supports_ordering_keys(&self) -> bool {
@@ -434,7 +437,21 @@ impl CallbackStore for SqliteStore {
                     .map_err(sql)?;
                 Ok(())
             })
+            .await?;
+        // The heartbeat is one small page, which fits in the WAL file's reused space even when
+        // the disk has none left for an ingest: ask the filesystem as well.
+        let dir = self.path().parent().unwrap_or(self.path()).to_owned();
+        let free = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&dir))
             .await
+            .map_err(|e| StoreError::Internal(format!("statvfs task failed: {e}")))?
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .map_err(|e| StoreError::Internal(format!("cannot read the free space: {e}")))?;
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::Unavailable(format!(
+                "the disk holding the store has {free} bytes free (less than {MIN_FREE_BYTES})"
+            )));
+        }
+        Ok(())
     }
 
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
