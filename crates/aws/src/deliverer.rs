@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, LEASE_MARGIN_MS};
-use fluxcb_core::engine::{attempt_delivery, SigningKeys};
+use fluxcb_core::engine::{attempt_delivery, Aftermath, SigningKeys};
 use fluxcb_core::message::{MessageError, QueueMessage};
+use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
 use fluxcb_core::retry::{Decision, RetryPolicy};
 use fluxcb_delivery::destinations::{Destinations, Verdict};
 use fluxcb_delivery::dispatcher::record_metrics;
-use fluxcb_delivery::routes::DestinationRoutes;
+use fluxcb_delivery::routes::{notify_target, DestinationRoutes};
 use fluxcb_delivery::secrets::SecretCache;
 use futures_util::future::join_all;
 
@@ -67,6 +68,8 @@ pub struct Deliverer {
     /// callback gives it back when this runs out (the sweeper recovers it). An attempt never
     /// takes longer than this minus [`LEASE_MARGIN_MS`] ([`Self::attempt_budget`]).
     pub lease: Duration,
+    /// What notifications an attempt's end makes.
+    pub follow_ups: Arc<FollowUpSettings>,
 }
 
 impl Deliverer {
@@ -220,9 +223,35 @@ impl Deliverer {
             decision = ?step.decision,
             "attempt finished"
         );
+        let follow_ups = Aftermath {
+            notify: notify_target(route.as_ref(), &callback).as_ref(),
+            settings: &self.follow_ups,
+        }
+        .rows(&callback, &step, self.clock.now());
         let waits_here = self
-            .record_within_lease(&callback, step.attempt, step.decision, lease_until)
+            .record_within_lease(
+                &callback,
+                step.attempt,
+                step.decision,
+                lease_until,
+                &follow_ups,
+            )
             .await?;
+        // Written with the attempt (if its transition applied); a message for one that was
+        // not is stale and dropped, and a lost send is the sweeper's.
+        if !follow_ups.is_empty() {
+            let due: Vec<Due> = follow_ups
+                .iter()
+                .map(|row| Due {
+                    id: row.id,
+                    tenant: row.tenant.clone(),
+                    at: row.next_attempt_at.unwrap_or(row.created_at),
+                })
+                .collect();
+            if let Err(e) = self.queue.send_due(&due, Utc::now()).await {
+                tracing::warn!(callback_id = %id, error = %e, "could not enqueue notifications; the sweeper will");
+            }
+        }
         // Not for a callback handed back to legacy during the attempt: legacy sends it.
         if let (Decision::RetryAt(at), true) = (step.decision, waits_here) {
             self.enqueue_retry(Due {
@@ -245,6 +274,7 @@ impl Deliverer {
         attempt: Attempt,
         decision: Decision,
         lease_until: DateTime<Utc>,
+        follow_ups: &[Callback],
     ) -> Result<bool, StoreError> {
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u32;
@@ -259,6 +289,7 @@ impl Deliverer {
                     attempt.clone(),
                     decision,
                     self.clock.now(),
+                    follow_ups,
                 )
                 .await;
             let e = match result {

@@ -325,6 +325,7 @@ impl App {
             policy: settings.retry.clone(),
             clock: clock.clone(),
             routes: Some(routes.clone()),
+            follow_ups: settings.follow_ups(),
         };
         let legacy = LegacyParts {
             table: legacy_table(settings).await?,
@@ -340,6 +341,7 @@ impl App {
             clock: clock.clone(),
             destinations: destinations.clone(),
             routes,
+            follow_ups: settings.follow_ups(),
         });
         let dispatcher = Dispatcher::new(
             parts,

@@ -126,6 +126,7 @@ impl AwsParts {
                     ..DestinationLimits::default()
                 },
             )),
+            follow_ups: settings.follow_ups(),
         };
         Ok(LegacyParts {
             table: legacy_table(settings).await?,
@@ -150,6 +151,7 @@ impl AwsParts {
             destinations: Arc::new(Destinations::new(limits.clone())),
             routes: Some(self.routes(settings, limits)),
             lease: settings.aws_claim_lease,
+            follow_ups: settings.follow_ups(),
         })
     }
 

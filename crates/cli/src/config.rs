@@ -63,6 +63,15 @@ pub struct Config {
     pub paused_recheck: String,
     /// What a dead letter does to the later callbacks of its ordering key: continue or hold.
     pub ordering_after_dead_letter: String,
+    /// Where the operational event stream goes (signed with the `_system` tenant's secret);
+    /// empty: nowhere.
+    pub ops_events_url: String,
+    /// Comma-separated: callback.failed, destination.circuit_opened, destination.recovered
+    /// (empty: all three).
+    pub ops_events_types: String,
+    /// How long a destination stays healthy before `destination.recovered` is sent; a
+    /// re-opening within it sends nothing.
+    pub ops_events_quiet: String,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub log_format: String,
@@ -119,6 +128,9 @@ impl Default for Config {
             destination_max_in_flight: 64,
             paused_recheck: "15s".into(),
             ordering_after_dead_letter: "continue".into(),
+            ops_events_url: String::new(),
+            ops_events_types: String::new(),
+            ops_events_quiet: "5m".into(),
             body_limit: 256 * 1024,
             batch_body_limit: 4 * 1024 * 1024,
             log_format: "auto".into(),
@@ -160,6 +172,9 @@ const ENV_KEYS: &[&str] = &[
     "destination_max_in_flight",
     "paused_recheck",
     "ordering_after_dead_letter",
+    "ops_events_url",
+    "ops_events_types",
+    "ops_events_quiet",
     "body_limit",
     "batch_body_limit",
     "log_format",
@@ -250,6 +265,8 @@ pub struct Settings {
     pub destination_max_in_flight: usize,
     pub paused_recheck: Duration,
     pub ordering_after_dead_letter: fluxcb_core::ordering::AfterDeadLetter,
+    pub ops_events: Option<fluxcb_core::notify::OpsStream>,
+    pub ops_events_quiet: Duration,
     pub body_limit: usize,
     pub batch_body_limit: usize,
     pub sweep_interval: Duration,
@@ -259,6 +276,20 @@ pub struct Settings {
     pub aws_claim_lease: Duration,
     /// The AWS backend's table and queues; all three are set when the backend is `aws`.
     pub aws: Option<AwsNames>,
+}
+
+impl Settings {
+    /// What the end of an attempt makes besides its transition: notifications (with the
+    /// installation's attempt budget and timeout) and the operational stream's events.
+    pub fn follow_ups(&self) -> std::sync::Arc<fluxcb_core::notify::FollowUpSettings> {
+        std::sync::Arc::new(fluxcb_core::notify::FollowUpSettings {
+            ops: self.ops_events.clone(),
+            defaults: fluxcb_core::callback::CallbackDefaults {
+                max_attempts: self.max_attempts,
+                timeout_ms: self.timeout_ms,
+            },
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,6 +393,11 @@ impl Config {
             "FLUXCB_AWS_CLAIM_LEASE",
             &self.aws_claim_lease,
         );
+        let ops_events_quiet = duration(
+            "ops_events_quiet",
+            "FLUXCB_OPS_EVENTS_QUIET",
+            &self.ops_events_quiet,
+        );
         let ordering_after_dead_letter =
             self.ordering_after_dead_letter.parse().unwrap_or_else(|e| {
                 errors.push(format!(
@@ -369,6 +405,15 @@ impl Config {
                 ));
                 fluxcb_core::ordering::AfterDeadLetter::default()
             });
+        let ops_events =
+            fluxcb_core::notify::OpsStream::parse(&self.ops_events_url, &self.ops_events_types)
+                .unwrap_or_else(|e| {
+                    errors.push(format!(
+                        "ops_events_url / ops_events_types (FLUXCB_OPS_EVENTS_URL, \
+                         FLUXCB_OPS_EVENTS_TYPES): {e}"
+                    ));
+                    None
+                });
         let aws = (backend == Some(Backend::Aws)).then(|| AwsNames {
             table: self.dynamodb_table.clone(),
             queue_url: self.sqs_queue_url.clone(),
@@ -597,6 +642,8 @@ impl Config {
             sweep_grace,
             paused_recheck,
             ordering_after_dead_letter,
+            ops_events,
+            ops_events_quiet,
             aws_claim_lease,
             aws,
         })

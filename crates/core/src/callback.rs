@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::id::CallbackId;
+use crate::notify::{Kind, NotifyOn};
 use crate::status::Status;
 use crate::tenant::TenantId;
 
@@ -205,6 +206,8 @@ pub struct NewCallback {
     pub metadata: BTreeMap<String, String>,
     pub wire_format: Option<String>,
     pub ordering_key: Option<String>,
+    pub notify_url: Option<String>,
+    pub notify_on: Option<Vec<String>>,
 }
 
 /// A validated callback request.
@@ -222,6 +225,10 @@ pub struct CallbackSpec {
     /// Callbacks with the same key (within a tenant) are delivered one at a time, in the order
     /// they were accepted.
     pub ordering_key: Option<String>,
+    /// Told about this callback's end (see [`crate::notify`]); `None`: the registrations'.
+    pub notify_url: Option<Url>,
+    /// `None`: the registrations' choice, or dead letters only. Nothing: no notification.
+    pub notify_on: Option<NotifyOn>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -392,6 +399,22 @@ impl NewCallback {
                 ));
             }
         }
+        let notify_url = match self.notify_url.as_deref().map(validate_url) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(msg)) => {
+                errors.push(FieldError::new("notify_url", msg));
+                None
+            }
+            None => None,
+        };
+        let notify_on = match self.notify_on.as_deref().map(NotifyOn::parse) {
+            Some(Ok(on)) => Some(on),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+            None => None,
+        };
         if wire_format.includes_legacy() && matches!(payload, Payload::Raw { .. }) {
             errors.push(FieldError::new(
                 "body",
@@ -410,6 +433,8 @@ impl NewCallback {
                 metadata: self.metadata,
                 wire_format,
                 ordering_key: self.ordering_key,
+                notify_url,
+                notify_on,
             }),
             _ => Err(errors),
         }
@@ -472,6 +497,9 @@ pub struct Callback {
     /// The HTTP status of the latest attempt (`None` when it got no answer).
     pub last_status_code: Option<u16>,
     pub owner: Owner,
+    /// A caller's callback, or a notification the engine made about `source_id`.
+    pub kind: Kind,
+    pub source_id: Option<CallbackId>,
 }
 
 impl Callback {
@@ -510,6 +538,8 @@ impl Callback {
             url_as_given: None,
             last_status_code: None,
             owner: Owner::Fluxcb,
+            kind: Kind::Callback,
+            source_id: None,
         }
     }
 }

@@ -195,6 +195,12 @@ pub struct DestinationSettings {
     /// How long the breaker stays open the first time (it doubles on each failed probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_open_ms: Option<u64>,
+    /// Told when a callback here ends (see [`crate::notify`]); on the `any` registration, the
+    /// tenant's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<crate::notify::NotifyOn>,
 }
 
 impl DestinationSettings {
@@ -269,6 +275,9 @@ impl DestinationSettings {
                 ));
             }
         }
+        if let Some(Err(msg)) = self.notify_url.as_deref().map(crate::callback::validate_url) {
+            errors.push(FieldError::new("notify_url", msg));
+        }
         errors
     }
 
@@ -290,6 +299,11 @@ impl DestinationSettings {
                 .circuit_failure_threshold
                 .or(fallback.circuit_failure_threshold),
             circuit_open_ms: self.circuit_open_ms.or(fallback.circuit_open_ms),
+            notify_url: self
+                .notify_url
+                .clone()
+                .or_else(|| fallback.notify_url.clone()),
+            notify_on: self.notify_on.or(fallback.notify_on),
         }
     }
 }
@@ -550,6 +564,8 @@ pub struct EffectiveSettings {
     pub rate_limit_per_second: Option<f64>,
     pub circuit_failure_threshold: u32,
     pub circuit_open: Duration,
+    /// Who hears about this callback's end.
+    pub notify: Option<crate::notify::NotifyTarget>,
 }
 
 impl EffectiveSettings {
@@ -591,6 +607,11 @@ impl EffectiveSettings {
             circuit_open: registrations
                 .circuit_open_ms
                 .map_or(installation.circuit_open, Duration::from_millis),
+            notify: crate::notify::NotifyTarget::resolve(
+                &callback.spec,
+                registrations.notify_url.as_deref(),
+                registrations.notify_on,
+            ),
         }
     }
 

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::attempt::{Attempt, SendOutcome};
+use chrono::{DateTime, Utc};
+
 use crate::callback::Callback;
+use crate::notify::{follow_ups, FollowUpSettings, NotifyTarget};
 use crate::ports::{CallbackStore, Clock, OutboundRequest, Sender, StoreError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::signing::{signature_header, SigningSecret};
@@ -185,22 +188,47 @@ async fn attempt_delivery_in_span(
     StepOutcome { attempt, decision }
 }
 
-/// [`attempt_delivery`], then records the attempt and its transition in the store.
+/// What follows an attempt besides its own transition: the notifications it calls for.
+#[derive(Clone, Copy, Debug)]
+pub struct Aftermath<'a> {
+    pub notify: Option<&'a NotifyTarget>,
+    pub settings: &'a FollowUpSettings,
+}
+
+impl Aftermath<'_> {
+    pub fn rows(&self, callback: &Callback, step: &StepOutcome, now: DateTime<Utc>) -> Vec<Callback> {
+        follow_ups(
+            callback,
+            &step.attempt,
+            &step.decision,
+            self.notify,
+            self.settings,
+            now,
+        )
+    }
+}
+
+/// [`attempt_delivery`], then records the attempt, its transition and its notifications in
+/// the store.
 pub async fn deliver_and_record(
     callback: &Callback,
     store: &dyn CallbackStore,
     sender: &dyn Sender,
     keys: SigningKeys<'_>,
     policy: &RetryPolicy,
+    aftermath: Aftermath<'_>,
     clock: &dyn Clock,
 ) -> Result<StepOutcome, StoreError> {
     let step = attempt_delivery(callback, sender, keys, policy, clock).await;
+    let now = clock.now();
+    let follow_ups = aftermath.rows(callback, &step, now);
     store
         .record_attempt(
             &callback.id,
             step.attempt.clone(),
             step.decision,
-            clock.now(),
+            now,
+            &follow_ups,
         )
         .await?;
     Ok(step)

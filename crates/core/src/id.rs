@@ -37,6 +37,30 @@ impl CallbackId {
         Self(Ulid::from_parts(ms, MARKER | u128::from(legacy_id as u64)))
     }
 
+    /// The id of a row the engine makes about another callback (a notification): its source's
+    /// creation time, a marker, and 64 bits of SHA-256 over (source, channel, event, attempt),
+    /// so that rerunning the same transition names the same row and the same `webhook-id`.
+    pub fn for_event(source: &CallbackId, channel: &str, event: &str, attempt: u32) -> Self {
+        use sha2::{Digest, Sha256};
+        const MARKER: u128 = 0x4e07 << 64;
+        let mut hasher = Sha256::new();
+        for part in [
+            source.to_string().as_bytes(),
+            channel.as_bytes(),
+            event.as_bytes(),
+            &attempt.to_be_bytes(),
+        ] {
+            hasher.update((part.len() as u32).to_be_bytes());
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        let bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        Self(Ulid::from_parts(
+            source.0.timestamp_ms(),
+            MARKER | u128::from(bits),
+        ))
+    }
+
     pub fn from_ulid(ulid: Ulid) -> Self {
         Self(ulid)
     }

@@ -14,6 +14,8 @@
 //! - [`ports`]: the traits adapters implement (stores, sender, clock).
 //! - [`engine`]: the one-step delivery that the local dispatcher and the Lambda consumer share.
 //! - [`message`]: versioned queue messages for queue-backed deployments.
+//! - [`notify`]: failure notifications and the operational event stream, as rows the engine
+//!   writes in the transaction that ends their source.
 //! - [`ordering`]: ordered delivery per key and what a dead letter does to its key.
 //! - [`metric_names`]: the metrics vocabulary shared by every deployment.
 //! - [`legacy`], [`migration`]: the legacy services' wire format, API rules and table rows, and
@@ -33,6 +35,7 @@ pub mod legacy;
 pub mod message;
 pub mod metric_names;
 pub mod migration;
+pub mod notify;
 pub mod ordering;
 pub mod ports;
 pub mod retry;

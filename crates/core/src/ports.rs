@@ -78,6 +78,8 @@ pub struct ListFilter {
     pub metadata: Option<(String, String)>,
     /// Admin only: narrow to one tenant.
     pub tenant: Option<TenantId>,
+    /// Callers' callbacks unless asked otherwise.
+    pub kind: crate::notify::KindFilter,
 }
 
 #[derive(Clone, Debug)]
@@ -257,13 +259,16 @@ pub trait CallbackStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Callback>, StoreError>;
-    /// Records an attempt and applies the transition its decision calls for.
+    /// Records an attempt and applies the transition its decision calls for. `follow_ups`
+    /// (notifications, see [`crate::notify::follow_ups`]) are stored in the same write, only
+    /// if the transition applies, and once: a row whose id exists already is left as it is.
     async fn record_attempt(
         &self,
         id: &CallbackId,
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
+        follow_ups: &[Callback],
     ) -> Result<(), StoreError>;
     /// Returns claimed callbacks to pending without counting an attempt.
     async fn defer(&self, items: Vec<(CallbackId, DateTime<Utc>)>) -> Result<(), StoreError>;

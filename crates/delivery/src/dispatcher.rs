@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fluxcb_core::callback::Callback;
-use fluxcb_core::engine::{attempt_delivery, SigningKeys, StepOutcome};
+use fluxcb_core::engine::{attempt_delivery, Aftermath, SigningKeys, StepOutcome};
+use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::metric_names as names;
 use fluxcb_core::ports::{Clock, PolledStore, Sender};
 use fluxcb_core::retry::RetryPolicy;
@@ -73,6 +74,8 @@ pub struct DeliveryParts {
     pub clock: Arc<dyn Clock>,
     pub destinations: Arc<Destinations>,
     pub routes: Arc<DestinationRoutes>,
+    /// What notifications an attempt's end makes.
+    pub follow_ups: Arc<FollowUpSettings>,
 }
 
 pub struct Dispatcher {
@@ -203,12 +206,12 @@ impl Dispatcher {
                         tasks.spawn(async move {
                             let in_flight = metrics::gauge!(names::IN_FLIGHT);
                             in_flight.increment(1.0);
-                            deliver(&parts, &callback, &route).await;
+                            let made_follow_ups = deliver(&parts, &callback, &route).await;
                             in_flight.decrement(1.0);
                             drop(permit);
-                            // Its end may have made the next of its key due: look now rather
-                            // than at the next poll.
-                            if callback.spec.ordering_key.is_some() {
+                            // Its end may have made the next of its key due, or a notification:
+                            // look now rather than at the next poll.
+                            if callback.spec.ordering_key.is_some() || made_follow_ups {
                                 wake.notify_one();
                             }
                         });
@@ -244,7 +247,8 @@ impl Dispatcher {
     }
 }
 
-async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) {
+/// One attempt, recorded. True when its end made notifications (now due).
+async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) -> bool {
     let secrets = match route
         .signing_secrets(&parts.secrets, &callback.tenant)
         .await
@@ -257,7 +261,7 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) {
             parts
                 .destinations
                 .finish(&route.key, Verdict::Neutral, Instant::now());
-            return;
+            return false;
         }
     };
     let step = attempt_delivery(
@@ -287,13 +291,21 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) {
         decision = ?step.decision,
         "attempt finished"
     );
+    let now = parts.clock.now();
+    let follow_ups = Aftermath {
+        notify: route.effective.notify.as_ref(),
+        settings: &parts.follow_ups,
+    }
+    .rows(callback, &step, now);
     let recorded = parts
         .store
-        .record_attempt(&callback.id, step.attempt, step.decision, parts.clock.now())
+        .record_attempt(&callback.id, step.attempt, step.decision, now, &follow_ups)
         .await;
     if let Err(e) = recorded {
         tracing::error!(callback_id = %callback.id, tenant = %callback.tenant, error = %e, "attempt made but not recorded; it will be retried after the lease");
+        return false;
     }
+    !follow_ups.is_empty()
 }
 
 /// The attempt counters and latency histograms, shared by every deployment's worker.

@@ -13,6 +13,7 @@ use fluxcb_core::destination::{
     DestinationId, EffectiveSettings, InstallationDefaults, Matched, RegisteredDestination,
 };
 use fluxcb_core::directory::DestinationDirectory;
+use fluxcb_core::notify::NotifyTarget;
 use fluxcb_core::ports::{OutboundRequest, Sender, StoreError};
 use fluxcb_core::retry::RetryPolicy;
 use fluxcb_core::signing::SigningSecret;
@@ -203,6 +204,15 @@ impl Route {
         own.timeout_ms = timeout_ms;
         own.max_attempts = self.effective.max_attempts;
         std::borrow::Cow::Owned(own)
+    }
+}
+
+/// Who hears about `callback`'s end: as its route resolved it, or (no registrations consulted)
+/// the callback's own fields.
+pub fn notify_target(route: Option<&Route>, callback: &Callback) -> Option<NotifyTarget> {
+    match route {
+        Some(r) => r.effective.notify.clone(),
+        None => NotifyTarget::resolve(&callback.spec, None, None),
     }
 }
 

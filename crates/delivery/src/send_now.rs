@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fluxcb_core::callback::Callback;
-use fluxcb_core::engine::{deliver_and_record, SigningKeys};
+use fluxcb_core::engine::{deliver_and_record, Aftermath, SigningKeys};
+use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::ports::{CallbackStore, Clock, SendNow, Sender, StoreError};
 use fluxcb_core::retry::RetryPolicy;
 
 use crate::dispatcher::record_metrics;
-use crate::routes::DestinationRoutes;
+use crate::routes::{notify_target, DestinationRoutes};
 use crate::secrets::SecretCache;
 
 pub struct ImmediateDelivery {
@@ -23,6 +24,7 @@ pub struct ImmediateDelivery {
     pub clock: Arc<dyn Clock>,
     /// Registered destinations (`None`: every callback as unregistered).
     pub routes: Option<Arc<DestinationRoutes>>,
+    pub follow_ups: Arc<FollowUpSettings>,
 }
 
 #[async_trait]
@@ -40,6 +42,7 @@ impl SendNow for ImmediateDelivery {
             Some(r) => r.applied_to(callback),
             None => std::borrow::Cow::Borrowed(callback),
         };
+        let notify = notify_target(route.as_ref(), callback);
         let step = deliver_and_record(
             &applied,
             self.store.as_ref(),
@@ -53,6 +56,10 @@ impl SendNow for ImmediateDelivery {
             route
                 .as_ref()
                 .map_or(&self.policy, |r| r.policy(&self.policy)),
+            Aftermath {
+                notify: notify.as_ref(),
+                settings: &self.follow_ups,
+            },
             self.clock.as_ref(),
         )
         .await?;

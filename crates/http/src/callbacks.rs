@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use fluxcb_core::callback::Callback;
 use fluxcb_core::callback::FieldError;
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::notify::{Kind, KindFilter};
 use fluxcb_core::ports::{ActionResult, Due, LegacyListFilter, ListFilter, PageRequest};
 use fluxcb_core::status::Status;
 use fluxcb_core::tenant::{Scope, TenantId};
@@ -71,6 +72,8 @@ pub struct ListQuery {
     pub metadata: Option<String>,
     /// Admin keys only: one tenant.
     pub tenant: Option<String>,
+    /// callback (default: callers' callbacks), notification, operational, or all.
+    pub kind: Option<String>,
     /// One callback by id (`cb_...`): a page of at most one, the other filters applied to it.
     pub id: Option<String>,
     /// The legacy API's `external_id` (callbacks created through it or imported from it).
@@ -88,6 +91,7 @@ struct FilterParts<'a> {
     created_before: Option<DateTime<Utc>>,
     metadata: Option<&'a str>,
     tenant: Option<&'a str>,
+    kind: Option<&'a str>,
 }
 
 fn build_filter(caller: &Caller, p: FilterParts<'_>) -> Result<ListFilter, ApiError> {
@@ -117,6 +121,13 @@ fn build_filter(caller: &Caller, p: FilterParts<'_>) -> Result<ListFilter, ApiEr
             .map_err(|e| errors.push(FieldError::new("tenant", e.to_string())))
             .ok(),
     };
+    let kind = match p.kind {
+        None => KindFilter::default(),
+        Some(k) => k.parse().unwrap_or_else(|e: String| {
+            errors.push(FieldError::new("kind", e));
+            KindFilter::default()
+        }),
+    };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -127,6 +138,7 @@ fn build_filter(caller: &Caller, p: FilterParts<'_>) -> Result<ListFilter, ApiEr
         created_before: p.created_before,
         metadata,
         tenant,
+        kind,
     })
 }
 
@@ -141,6 +153,7 @@ pub fn filter_of(caller: &Caller, q: &ListQuery) -> Result<ListFilter, ApiError>
             created_before: q.created_before,
             metadata: q.metadata.as_deref(),
             tenant: q.tenant.as_deref(),
+            kind: q.kind.as_deref(),
         },
     )
 }
@@ -154,6 +167,11 @@ fn passes(cb: &Callback, f: &ListFilter) -> bool {
                 .host_str()
                 .is_some_and(|x| x.eq_ignore_ascii_case(h))
         })
+        && match f.kind {
+            KindFilter::Callbacks => cb.kind == Kind::Callback,
+            KindFilter::Only(k) => cb.kind == k,
+            KindFilter::All => true,
+        }
         && f.created_after.is_none_or(|t| cb.created_at >= t)
         && f.created_before.is_none_or(|t| cb.created_at < t)
         && f.metadata
@@ -381,6 +399,7 @@ pub async fn redrive(
             created_before: r.created_before,
             metadata: r.metadata.as_deref(),
             tenant: r.tenant.as_deref(),
+            kind: r.kind.as_deref(),
         },
     )?;
     if r.dry_run == Some(true) {

@@ -37,6 +37,13 @@ pub struct CreateCallback {
     /// Callbacks of a tenant with the same key are delivered one at a time, in the order they
     /// were accepted (1-256 bytes). One waiting for its predecessor has no `next_attempt_at`.
     pub ordering_key: Option<String>,
+    /// Receives a signed `callback.failed` notification when this callback is dead-lettered
+    /// (and `callback.delivered` if `notify_on` asks). Omitted: the registrations' (the
+    /// tenant's `any` registration is the tenant's default).
+    pub notify_url: Option<String>,
+    /// `dead_lettered` (the default) and/or `delivered`; `[]` switches notifications off, an
+    /// inherited default included.
+    pub notify_on: Option<Vec<String>>,
 }
 
 impl From<CreateCallback> for NewCallback {
@@ -54,6 +61,8 @@ impl From<CreateCallback> for NewCallback {
             metadata: c.metadata.unwrap_or_default(),
             wire_format: c.wire_format,
             ordering_key: c.ordering_key,
+            notify_url: c.notify_url,
+            notify_on: c.notify_on,
         }
     }
 }
@@ -180,6 +189,16 @@ pub struct CallbackView {
     pub external_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<Vec<String>>,
+    /// `callback` (a caller's), `notification` (about `source_id`, to its tenant's notify URL)
+    /// or `operational` (the installation's event stream).
+    pub kind: String,
+    /// The callback a notification is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
     /// Oldest first. Present on single-callback reads, omitted in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -226,6 +245,13 @@ impl CallbackView {
             legacy_id: cb.legacy_id,
             external_id: cb.external_id.clone(),
             ordering_key: cb.spec.ordering_key.clone(),
+            notify_url: cb.spec.notify_url.as_ref().map(|u| u.to_string()),
+            notify_on: cb
+                .spec
+                .notify_on
+                .map(|on| on.names().into_iter().map(str::to_owned).collect()),
+            kind: cb.kind.as_str().to_owned(),
+            source_id: cb.source_id.map(|id| id.to_string()),
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
         }
     }
@@ -280,6 +306,8 @@ pub struct RedriveRequest {
     pub metadata: Option<String>,
     /// Admin keys only: one tenant.
     pub tenant: Option<String>,
+    /// callback (default), notification, operational, or all.
+    pub kind: Option<String>,
     /// Move nothing; answer how many would move (`matched`).
     pub dry_run: Option<bool>,
     /// Move at most this many (1-10000) and answer how many moved; repeat while `moved`

@@ -311,12 +311,14 @@ impl CallbackStore for SqliteStore {
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
+        follow_ups: &[Callback],
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         let policy = self.after_dead_letter();
+        let follow_ups = follow_ups.to_vec();
         self.writer()
             .write(Durability::Relaxed, move |c| {
-                record_attempt(c, &id, &attempt, decision, now, policy).map_err(sql)
+                record_attempt(c, &id, &attempt, decision, now, policy, &follow_ups).map_err(sql)
             })
             .await
     }

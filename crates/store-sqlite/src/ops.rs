@@ -5,6 +5,7 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::notify::KindFilter;
 use fluxcb_core::ordering::AfterDeadLetter;
 use fluxcb_core::ports::{ActionResult, ListFilter};
 use fluxcb_core::retry::Decision;
@@ -82,9 +83,10 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
          content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
          attempt_budget, max_attempts_override, timeout_ms, timeout_override, metadata, \
          created_at, updated_at, created_by, wire_format, legacy_id, external_id, url_as_given, \
-         last_status_code, owner, last_error, ordering_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18, ?19, ?26, ?20, ?21, ?22, ?23, \
-         ?24, ?25, ?27, ?28, ?29)",
+         last_status_code, owner, last_error, ordering_key, kind, source_id, notify_url, \
+         notify_on) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, \
+         ?15, ?16, ?17, ?18, ?19, ?26, ?20, ?21, ?22, ?23, ?24, ?25, ?27, ?28, ?29, ?30, ?31, ?32, \
+         ?33)",
     )?
     .execute(params![
         row.id,
@@ -116,12 +118,26 @@ pub(crate) fn insert_callback(c: &Connection, row: &CallbackRow) -> rusqlite::Re
         cb.owner.as_str(),
         cb.last_error,
         cb.spec.ordering_key,
+        cb.kind.as_str(),
+        cb.source_id.map(|id| id.to_string()),
+        cb.spec.notify_url.as_ref().map(|u| u.as_str()),
+        cb.spec.notify_on.map(|on| on.encode()),
     ])?;
     let mut tag = c.prepare_cached(
         "INSERT OR IGNORE INTO callback_tags (key, value, callback_id) VALUES (?1, ?2, ?3)",
     )?;
     for (key, value) in &cb.spec.metadata {
         tag.execute(params![key, value, row.id])?;
+    }
+    Ok(())
+}
+
+fn insert_follow_up(c: &Connection, row: &Callback) -> rusqlite::Result<()> {
+    let exists: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM callbacks WHERE id = ?1)")?
+        .query_row(params![row.id.to_string()], |r| r.get(0))?;
+    if !exists {
+        insert_callback(c, &CallbackRow::new(row.clone()))?;
     }
     Ok(())
 }
@@ -235,6 +251,15 @@ pub(crate) fn filter_sql(scope: &Scope, filter: &ListFilter) -> (Vec<String>, Ve
         );
         params.push(k.clone().into());
         params.push(v.clone().into());
+    }
+    match filter.kind {
+        KindFilter::Callbacks => conds.push("kind = 'callback'".to_owned()),
+        // Written as the partial index's own term, so the planner can use that index.
+        KindFilter::Only(kind) => {
+            conds.push("kind <> 'callback' AND kind = ?".to_owned());
+            params.push(kind.as_str().to_owned().into());
+        }
+        KindFilter::All => {}
     }
     (conds, params)
 }
@@ -355,6 +380,7 @@ pub(crate) fn record_attempt(
     decision: Decision,
     now: DateTime<Utc>,
     after_dead_letter: AfterDeadLetter,
+    follow_ups: &[Callback],
 ) -> rusqlite::Result<()> {
     let (transition, next_at) = match decision {
         Decision::Delivered => (Transition::Succeed, None),
@@ -400,6 +426,11 @@ pub(crate) fn record_attempt(
             } else {
                 promote_next(c, &tenant, &key, now)?;
             }
+        }
+        // In the transition's own transaction: a crash keeps both or neither, and a rerun of
+        // the same transition (same derived ids) adds nothing.
+        for row in follow_ups {
+            insert_follow_up(c, row)?;
         }
     }
     let reason = match decision {

@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, CallbackSpec, Payload};
 use fluxcb_core::event::{Event, EventKind};
+use fluxcb_core::notify::NotifyOn;
 use rusqlite::Row;
 
 pub fn ms(t: DateTime<Utc>) -> i64 {
@@ -19,7 +20,7 @@ pub const CALLBACK_COLUMNS: &str = "id, tenant, status, url, method, headers, bo
     content_type, body, deliver_at, next_attempt_at, attempts_made, max_attempts, \
     max_attempts_override, timeout_ms, timeout_override, metadata, created_at, updated_at, \
     created_by, last_error, wire_format, legacy_id, external_id, url_as_given, \
-    last_status_code, owner, ordering_key";
+    last_status_code, owner, ordering_key, kind, source_id, notify_url, notify_on";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -69,6 +70,14 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
                 .parse()
                 .map_err(|e: String| text_err(21, e))?,
             ordering_key: row.get(27)?,
+            notify_url: row
+                .get::<_, Option<String>>(30)?
+                .map(|u| u.parse())
+                .transpose()
+                .map_err(|e| conversion(30, e))?,
+            notify_on: row
+                .get::<_, Option<String>>(31)?
+                .map(|on| NotifyOn::decode(&on)),
         },
         next_attempt_at: row.get::<_, Option<i64>>(10)?.map(from_ms),
         attempts_made: row.get(11)?,
@@ -86,6 +95,15 @@ pub fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
             .get::<_, String>(26)?
             .parse()
             .map_err(|e: String| text_err(26, e))?,
+        kind: row
+            .get::<_, String>(28)?
+            .parse()
+            .map_err(|e: String| text_err(28, e))?,
+        source_id: row
+            .get::<_, Option<String>>(29)?
+            .map(|id| id.parse())
+            .transpose()
+            .map_err(|e| conversion(29, e))?,
     })
 }
 

@@ -206,6 +206,15 @@ CREATE TABLE ordering_holds (
     PRIMARY KEY (tenant, key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Failure notifications (version 7). Rows the engine makes about another callback carry their
+-- kind and source; default lists show callers' callbacks only, so the few others get an index.
+ALTER TABLE callbacks ADD COLUMN kind TEXT NOT NULL DEFAULT 'callback';
+ALTER TABLE callbacks ADD COLUMN source_id TEXT;
+ALTER TABLE callbacks ADD COLUMN notify_url TEXT;
+ALTER TABLE callbacks ADD COLUMN notify_on TEXT;
+CREATE INDEX callbacks_not_callers ON callbacks (tenant, id) WHERE kind <> 'callback';
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

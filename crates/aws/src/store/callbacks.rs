@@ -186,8 +186,11 @@ impl CallbackStore for DynamoStore {
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
+        follow_ups: &[Callback],
     ) -> Result<(), StoreError> {
-        self.record_attempt_of(None, id, attempt, decision, now)
+        // The follow-ups' messages are the sweeper's: it sends each once it is `sweep_grace`
+        // overdue (the SQS deliverer, which has the queue, sends them at once).
+        self.record_attempt_of(None, id, attempt, decision, now, follow_ups)
             .await
             .map(|_| ())
     }

@@ -8,6 +8,7 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, CallbackSpec, Method, Owner, Payload, WireFormat};
 use fluxcb_core::event::{Event, EventKind};
 use fluxcb_core::id::CallbackId;
+use fluxcb_core::notify::{Kind, NotifyOn};
 use fluxcb_core::ports::StoreError;
 use fluxcb_core::status::Status;
 use fluxcb_core::tenant::TenantId;
@@ -145,6 +146,18 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     }
     if cb.owner != Owner::Fluxcb {
         item.insert("owner".into(), s(cb.owner.as_str()));
+    }
+    if cb.kind != Kind::Callback {
+        item.insert("kind".into(), s(cb.kind.as_str()));
+    }
+    if let Some(source) = cb.source_id {
+        item.insert("source_id".into(), s(source.to_string()));
+    }
+    if let Some(url) = &cb.spec.notify_url {
+        item.insert("notify_url".into(), s(url.as_str()));
+    }
+    if let Some(on) = cb.spec.notify_on {
+        item.insert("notify_on".into(), s(on.encode()));
     }
     item.insert("attempts_made".into(), n(cb.attempts_made));
     item.insert("max_attempts".into(), n(cb.max_attempts));
@@ -344,6 +357,11 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
             },
             // Ordering keys are refused on this backend (not served yet).
             ordering_key: None,
+            notify_url: get_s(item, "notify_url")
+                .map(url::Url::parse)
+                .transpose()
+                .map_err(|_| bad("notify_url"))?,
+            notify_on: get_s(item, "notify_on").map(NotifyOn::decode),
         },
         status,
         attempts_made: req_n(item, "attempts_made")? as u32,
@@ -362,6 +380,13 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
             .map(|o| o.parse().map_err(|_| bad("owner")))
             .transpose()?
             .unwrap_or_default(),
+        kind: get_s(item, "kind")
+            .map(|k| k.parse().map_err(|_| bad("kind")))
+            .transpose()?
+            .unwrap_or_default(),
+        source_id: get_s(item, "source_id")
+            .map(|id| id.parse().map_err(|_| bad("source_id")))
+            .transpose()?,
     })
 }
 

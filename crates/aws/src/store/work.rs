@@ -13,11 +13,14 @@ use fluxcb_core::status::{Status, Transition};
 use fluxcb_core::tenant::TenantId;
 
 use super::callbacks::{build_err, NOT_EXISTS};
+use super::ingest::CONDITION_FAILED;
 use super::items::{
-    attempt_item, callback_from_item, callback_pk, due_shard, due_sort_key, event_item, ms, n, s,
+    attempt_item, callback_from_item, callback_item, callback_pk, due_shard, due_sort_key, event_item, ms, n, s,
     sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
 };
-use super::{is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY};
+use super::{
+    cancellation_codes, is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY,
+};
 
 impl DynamoStore {
     /// [`fluxcb_core::ports::CallbackStore::claim`], with the callback's tenant when the caller knows it (the
@@ -91,6 +94,7 @@ impl DynamoStore {
         attempt: Attempt,
         decision: Decision,
         now: DateTime<Utc>,
+        follow_ups: &[Callback],
     ) -> Result<bool, StoreError> {
         let loaded;
         let callback = match claimed {
@@ -110,8 +114,19 @@ impl DynamoStore {
                     .await;
             }
         };
+        for row in follow_ups {
+            self.register_tenant(&row.tenant).await?;
+        }
         if self
-            .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Fluxcb)
+            .write_attempt(
+                tenant.as_ref(),
+                id,
+                &attempt,
+                decision,
+                now,
+                Owner::Fluxcb,
+                follow_ups,
+            )
             .await?
         {
             count(matches!(decision, Decision::DeadLetter(_))).await;
@@ -126,7 +141,15 @@ impl DynamoStore {
                 .is_some_and(|cb| cb.status == Status::Delivering && cb.owner == Owner::Legacy);
             if fenced
                 && self
-                    .write_attempt(tenant.as_ref(), id, &attempt, decision, now, Owner::Legacy)
+                    .write_attempt(
+                        tenant.as_ref(),
+                        id,
+                        &attempt,
+                        decision,
+                        now,
+                        Owner::Legacy,
+                        &[],
+                    )
                     .await?
             {
                 count(false).await;
@@ -177,7 +200,10 @@ impl DynamoStore {
     /// The attempt and the transition it calls for, in one transaction conditioned on the
     /// callback being in flight. For a retry, also on who owns it: `owner` fluxcb makes it due
     /// again, `owner` legacy (handed back mid-attempt) leaves it pending outside the `due` index.
-    /// `false` when that condition failed.
+    /// `follow_ups` are put in the same transaction, each only if its id is new (at most two,
+    /// so the transaction stays far below its 100 items). `false` when the callback's
+    /// condition failed.
+    #[allow(clippy::too_many_arguments)]
     async fn write_attempt(
         &self,
         tenant: Option<&TenantId>,
@@ -186,6 +212,7 @@ impl DynamoStore {
         decision: Decision,
         now: DateTime<Utc>,
         owner: Owner,
+        follow_ups: &[Callback],
     ) -> Result<bool, StoreError> {
         let (transition, next_at) = match decision {
             Decision::Delivered => (Transition::Succeed, None),
@@ -274,14 +301,43 @@ impl DynamoStore {
             update = update.expression_attribute_values(k, v);
         }
         let record = self.attempt_record(attempt, decision, now, Some(to));
-        let actions = vec![
+        let mut actions = vec![
             TransactWriteItem::builder()
                 .update(update.build().map_err(build_err)?)
                 .build(),
             self.put(attempt_item(id, &record), None)?,
         ];
-        self.transact_if_current(actions, "recording an attempt")
+        // Only a transition that applies makes them: a stale record writes nothing.
+        let follow_ups = if to == Status::Pending { &[] } else { follow_ups };
+        for row in follow_ups {
+            actions.push(self.put(
+                callback_item(row, self.sweep_grace),
+                Some(NOT_EXISTS),
+            )?);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions.clone()))
+            .send()
             .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes) if codes.first().is_some_and(|c| c == CONDITION_FAILED) => Ok(false),
+                // A follow-up exists already: this transition was written before (its answer
+                // was lost) or raced; the rows are there, so write the rest without them.
+                Some(codes)
+                    if !follow_ups.is_empty()
+                        && codes.iter().skip(2).any(|c| c == CONDITION_FAILED) =>
+                {
+                    actions.truncate(2);
+                    self.transact_if_current(actions, "recording an attempt")
+                        .await
+                }
+                _ => Err(store_error("recording an attempt", e)),
+            },
+        }
     }
 
     pub(super) async fn mark_complete(&self, idem_pk: &str) -> Result<(), StoreError> {

@@ -80,6 +80,8 @@ impl LegacyCreate {
             metadata: BTreeMap::new(),
             wire_format: WireFormat::Legacy,
             ordering_key: None,
+            notify_url: None,
+            notify_on: None,
         }
     }
 }

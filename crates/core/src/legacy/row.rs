@@ -122,6 +122,8 @@ pub fn callback_from_row(
             metadata: BTreeMap::new(),
             wire_format: WireFormat::Legacy,
             ordering_key: None,
+            notify_url: None,
+            notify_on: None,
         },
         status,
         attempts_made: u32::try_from(row.attempts).unwrap_or(0),
@@ -137,6 +139,8 @@ pub fn callback_from_row(
         url_as_given,
         last_status_code: row.last_response_code.and_then(|c| u16::try_from(c).ok()),
         owner,
+        kind: crate::notify::Kind::Callback,
+        source_id: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! registration types.
 use fluxcb_core::callback::{FieldError, WireFormat};
 use fluxcb_core::destination::{DestinationMatch, DestinationSettings, DestinationTls};
+use fluxcb_core::notify::NotifyOn;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -88,6 +89,13 @@ pub struct SettingsView {
     /// How long the breaker stays open the first time, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_open_ms: Option<u64>,
+    /// Told (signed, with retries) when a callback here is dead-lettered, or delivered if
+    /// `notify_on` says so. On the `any` registration: the tenant's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+    /// `dead_lettered` (default) and/or `delivered`; `[]`: no notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<Vec<String>>,
 }
 
 impl SettingsView {
@@ -121,7 +129,17 @@ impl SettingsView {
                 }
             }
         };
+        let notify_on = match self.notify_on.as_deref().map(NotifyOn::parse) {
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+            Some(Ok(on)) => Some(on),
+            None => None,
+        };
         let settings = DestinationSettings {
+            notify_url: self.notify_url.clone(),
+            notify_on,
             wire_format,
             rate_limit_per_second: self.rate_limit_per_second,
             max_in_flight: self.max_in_flight,
@@ -162,6 +180,10 @@ impl SettingsView {
             }),
             circuit_failure_threshold: s.circuit_failure_threshold,
             circuit_open_ms: s.circuit_open_ms,
+            notify_url: s.notify_url.clone(),
+            notify_on: s
+                .notify_on
+                .map(|on| on.names().into_iter().map(str::to_owned).collect()),
         }
     }
 }
