@@ -192,6 +192,14 @@ async fn run(count: usize, receiver: SocketAddr) {
         destinations: Arc::new(Destinations::new(DestinationLimits::default())),
         routes: None,
         lease: Duration::from_secs(90),
+        follow_ups: std::sync::Arc::new(fluxcb_core::notify::FollowUpSettings {
+            ops: None,
+            defaults: fluxcb_core::callback::CallbackDefaults {
+                max_attempts: 5,
+                timeout_ms: 10_000,
+            },
+        }),
+        ops_events: None,
     };
     let records: Vec<Record> = ids
         .iter()

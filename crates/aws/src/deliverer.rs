@@ -16,6 +16,7 @@ use fluxcb_core::ports::{CallbackStore, Clock, Due, Sender, StoreError};
 use fluxcb_core::retry::{Decision, RetryPolicy};
 use fluxcb_delivery::destinations::{Destinations, Verdict};
 use fluxcb_delivery::dispatcher::record_metrics;
+use fluxcb_delivery::ops_events::{write_ready, OpsEvents};
 use fluxcb_delivery::routes::{notify_target, DestinationRoutes};
 use fluxcb_delivery::secrets::SecretCache;
 use futures_util::future::join_all;
@@ -70,6 +71,9 @@ pub struct Deliverer {
     pub lease: Duration,
     /// What notifications an attempt's end makes.
     pub follow_ups: Arc<FollowUpSettings>,
+    /// The breaker's events, when an operational event stream is configured: written after
+    /// each batch (a recovery held for its quiet period goes with a later batch).
+    pub ops_events: Option<Arc<OpsEvents>>,
 }
 
 impl Deliverer {
@@ -97,6 +101,7 @@ impl Deliverer {
     /// become visible again after the visibility timeout).
     pub async fn handle_batch(&self, records: &[Record]) -> Vec<String> {
         let results = join_all(records.iter().map(|r| self.handle(r))).await;
+        self.write_ops_events().await;
         records
             .iter()
             .zip(results)
@@ -212,7 +217,16 @@ impl Deliverer {
         )
         .await;
         let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
-        self.destinations.finish(dest, verdict, Instant::now());
+        let change = self.destinations.finish(dest, verdict, Instant::now());
+        if let Some(events) = &self.ops_events {
+            events.observe(
+                dest,
+                &callback.tenant,
+                change,
+                Instant::now(),
+                self.clock.now(),
+            );
+        }
         record_metrics(&callback, &step, self.clock.now());
         tracing::info!(
             callback_id = %callback.id,
@@ -313,6 +327,28 @@ impl Deliverer {
             tracing::warn!(callback_id = %callback.id, error = %e, retry_in_ms = pause.as_millis() as u64, "recording the attempt failed; trying again within the lease");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Writes the breaker's ready events and sends their messages (a lost send is the
+    /// sweeper's).
+    pub async fn write_ops_events(&self) {
+        let Some(events) = &self.ops_events else {
+            return;
+        };
+        let rows = write_ready(events, self.store.as_ref(), Instant::now(), self.clock.now()).await;
+        let due: Vec<Due> = rows
+            .iter()
+            .map(|row| Due {
+                id: row.id,
+                tenant: row.tenant.clone(),
+                at: row.created_at,
+            })
+            .collect();
+        if !due.is_empty() {
+            if let Err(e) = self.queue.send_due(&due, Utc::now()).await {
+                tracing::warn!(error = %e, "could not enqueue operational events; the sweeper will");
+            }
         }
     }
 

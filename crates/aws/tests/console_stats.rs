@@ -59,7 +59,7 @@ async fn attempt_once(
         response_body: None,
     };
     store
-        .record_attempt(&cb.id, attempt, decision, at)
+        .record_attempt(&cb.id, attempt, decision, at, &[])
         .await
         .unwrap();
 }

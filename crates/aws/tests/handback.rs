@@ -110,6 +110,7 @@ async fn the_fence_makes_unfinished_callbacks_mirrors_until_each_is_handed_back(
             attempt(1, 200),
             Decision::Delivered,
             Utc::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -232,6 +233,7 @@ async fn an_attempt_in_flight_at_the_fence_is_recorded_but_not_made_due() {
             attempt(1, 500),
             retry,
             Utc::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -250,7 +252,7 @@ async fn an_attempt_in_flight_at_the_fence_is_recorded_but_not_made_due() {
     assert_not_due(&raw(&store, &fenced).await);
     // Through the trait too (the tenant read first), for a callback fluxcb still owns: due.
     let waits = store
-        .record_attempt_of(None, &kept.id, attempt(1, 500), retry, Utc::now())
+        .record_attempt_of(None, &kept.id, attempt(1, 500), retry, Utc::now(), &[])
         .await
         .unwrap();
     assert!(waits);
@@ -314,6 +316,14 @@ async fn the_deliverer_sends_no_retry_message_for_a_callback_handed_back_mid_att
         destinations: Arc::new(Destinations::new(DestinationLimits::default())),
         routes: None,
         lease: std::time::Duration::from_secs(60),
+        follow_ups: std::sync::Arc::new(fluxcb_core::notify::FollowUpSettings {
+            ops: None,
+            defaults: fluxcb_core::callback::CallbackDefaults {
+                max_attempts: 5,
+                timeout_ms: 10_000,
+            },
+        }),
+        ops_events: None,
     };
     let kept = legacy_callback("legacy", 1, None);
     let handed_back = legacy_callback("legacy", 2, None);

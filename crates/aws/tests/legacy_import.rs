@@ -144,6 +144,7 @@ async fn import_inserts_refreshes_takes_over_and_leaves_what_fluxcb_owns() {
             },
             fluxcb_core::retry::Decision::DeadLetter(fluxcb_core::retry::DeadLetterReason::Gone),
             Utc::now(),
+            &[],
         )
         .await
         .unwrap();

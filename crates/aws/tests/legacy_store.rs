@@ -359,6 +359,7 @@ async fn send_now_claims_a_waiting_or_failed_callback_whatever_its_due_time() {
             attempt(1, 200),
             Decision::Delivered,
             Utc::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -387,6 +388,7 @@ async fn send_now_claims_a_waiting_or_failed_callback_whatever_its_due_time() {
             attempt(1, 500),
             Decision::DeadLetter(DeadLetterReason::Exhausted),
             Utc::now(),
+            &[],
         )
         .await
         .unwrap();

@@ -342,6 +342,7 @@ impl App {
             destinations: destinations.clone(),
             routes,
             follow_ups: settings.follow_ups(),
+            ops_events: settings.ops_events(),
         });
         let dispatcher = Dispatcher::new(
             parts,

@@ -152,6 +152,7 @@ impl AwsParts {
             routes: Some(self.routes(settings, limits)),
             lease: settings.aws_claim_lease,
             follow_ups: settings.follow_ups(),
+            ops_events: settings.ops_events(),
         })
     }
 

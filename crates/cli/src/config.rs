@@ -290,6 +290,24 @@ impl Settings {
             },
         })
     }
+
+    /// The breaker's side of the operational event stream (`None`: no stream configured).
+    pub fn ops_events(
+        &self,
+    ) -> Option<std::sync::Arc<fluxcb_delivery::ops_events::OpsEvents>> {
+        let stream = self.ops_events.clone()?;
+        Some(std::sync::Arc::new(
+            fluxcb_delivery::ops_events::OpsEvents::new(
+                stream,
+                self.ops_events_quiet,
+                fluxcb_core::callback::CallbackDefaults {
+                    max_attempts: self.max_attempts,
+                    timeout_ms: self.timeout_ms,
+                },
+                fluxcb_delivery::ops_events::node_name(),
+            ),
+        ))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

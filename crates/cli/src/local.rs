@@ -114,7 +114,7 @@ pub async fn keys(file: Option<&Path>, cmd: KeysCommand) -> Result<(), Failure> 
             output,
         } => {
             let store = open_store(file, store)?;
-            let tenant = tenant(&t)?;
+            let tenant = TenantId::parse_for_key(&t)?;
             let role: Role = role.parse()?;
             let plain = PlainKey::generate();
             let name = name.unwrap_or_else(|| format!("{t}-{}", Utc::now().format("%Y%m%d%H%M%S")));

@@ -25,6 +25,8 @@ pub const SWEEPER_ENQUEUED: &str = "fluxcb_sweeper_enqueued_total";
 pub const LEASES_RECOVERED: &str = "fluxcb_leases_recovered_total";
 /// Counter: updates of the console's statistics counters that failed (AWS only). The callback
 /// or attempt they counted is recorded all the same; the console's figures are short by it.
+/// Operational events (the breaker's) dropped by their per-node caps.
+pub const OPS_EVENTS_DROPPED: &str = "fluxcb_ops_events_dropped_total";
 pub const STATS_UPDATES_FAILED: &str = "fluxcb_stats_updates_failed_total";
 
 /// Gauge, label `destination` (scheme://host:port, the top destinations only; the rest summed

@@ -29,6 +29,17 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A tenant name no API key may be made for: `_system` owns the operational event stream,
+    /// which only admin keys read.
+    pub fn parse_for_key(s: &str) -> Result<Self, String> {
+        if s == crate::notify::SYSTEM_TENANT {
+            return Err(format!(
+                "`{s}` is reserved for the operational event stream; admin keys read it"
+            ));
+        }
+        Self::parse(s).map_err(|e| e.to_string())
+    }
 }
 
 impl fmt::Display for TenantId {

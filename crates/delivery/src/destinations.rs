@@ -50,6 +50,17 @@ impl DestinationLimits {
     }
 }
 
+/// A circuit breaker's move between closed and open, for the operational event stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerChange {
+    Opened {
+        consecutive_failures: u32,
+        open_for: Duration,
+    },
+    /// A healthy answer after `openings` openings.
+    Closed { openings: u32 },
+}
+
 /// One destination's limits, as its settings resolve.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntryLimits {
@@ -250,16 +261,22 @@ impl Destinations {
         Ok(())
     }
 
-    /// Releases the slot taken by [`Self::try_enter`] and learns from the outcome.
-    pub fn finish(&self, key: &str, verdict: Verdict, now: Instant) {
+    /// Releases the slot taken by [`Self::try_enter`] and learns from the outcome. Says when
+    /// the breaker opened from closed, or closed after being open (a failed probe reopening it
+    /// is not a change: it was open all along).
+    pub fn finish(&self, key: &str, verdict: Verdict, now: Instant) -> Option<BreakerChange> {
         let mut states = self.states.lock().expect("destinations poisoned");
-        let Some(st) = states.get_mut(key) else {
-            return;
-        };
+        let st = states.get_mut(key)?;
+        let mut change = None;
         st.in_flight = st.in_flight.saturating_sub(1);
         let was_probe = std::mem::take(&mut st.probing);
         match verdict {
             Verdict::Healthy => {
+                if st.openings > 0 {
+                    change = Some(BreakerChange::Closed {
+                        openings: st.openings,
+                    });
+                }
                 st.consecutive_failures = 0;
                 st.open_until = None;
                 st.openings = 0;
@@ -285,6 +302,12 @@ impl Destinations {
                         .min(self.limits.max_open_for.max(st.limits.open_for));
                     tracing::warn!(destination = %key, ?open_for, "circuit opened");
                     st.open_until = Some(now + open_for);
+                    if st.openings == 0 {
+                        change = Some(BreakerChange::Opened {
+                            consecutive_failures: st.consecutive_failures,
+                            open_for,
+                        });
+                    }
                     st.openings += 1;
                 }
             }
@@ -293,6 +316,7 @@ impl Destinations {
         if st.is_idle(now) {
             states.remove(key);
         }
+        change
     }
 
     /// The live state of one destination (`None`: nothing to report).

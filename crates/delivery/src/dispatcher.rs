@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::destinations::{Destinations, Verdict};
+use crate::ops_events::{write_ready, OpsEvents};
 use crate::routes::{DestinationRoutes, Route};
 use crate::secrets::SecretCache;
 
@@ -64,6 +65,9 @@ struct Round {
 }
 
 /// Everything one delivery needs, shared by the tasks.
+/// How often the breaker's ready events are written (the dispatcher's idle poll bounds it).
+const OPS_EVENTS_TICK: Duration = Duration::from_millis(250);
+
 pub struct DeliveryParts {
     pub store: Arc<dyn PolledStore>,
     pub sender: Arc<dyn Sender>,
@@ -76,6 +80,8 @@ pub struct DeliveryParts {
     pub routes: Arc<DestinationRoutes>,
     /// What notifications an attempt's end makes.
     pub follow_ups: Arc<FollowUpSettings>,
+    /// The breaker's events, when an operational event stream is configured.
+    pub ops_events: Option<Arc<OpsEvents>>,
 }
 
 pub struct Dispatcher {
@@ -99,8 +105,13 @@ impl Dispatcher {
         // Shrinks while claims come back deferred (their destinations are busy), so a backlog
         // behind one saturated destination is not rewritten over and over.
         let mut claim_size = self.config.claim_batch as usize;
+        let mut ops_written = Instant::now();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
+            if ops_written.elapsed() >= OPS_EVENTS_TICK {
+                ops_written = Instant::now();
+                self.write_ops_events().await;
+            }
             let free = slots.available_permits();
             if free == 0 {
                 tokio::select! {
@@ -232,6 +243,19 @@ impl Dispatcher {
         Ok(Round { claimed, started })
     }
 
+    /// Writes the breaker's events that are ready (a recovery once its quiet period is over).
+    async fn write_ops_events(&self) {
+        let p = &self.parts;
+        if let Some(events) = &p.ops_events {
+            if !write_ready(events, p.store.as_ref(), Instant::now(), p.clock.now())
+                .await
+                .is_empty()
+            {
+                self.wake.notify_one();
+            }
+        }
+    }
+
     async fn idle(&self, shutdown: &CancellationToken) {
         let p = &self.parts;
         let mut wait = self.config.idle_poll;
@@ -278,9 +302,18 @@ async fn deliver(parts: &DeliveryParts, callback: &Callback, route: &Route) -> b
     // The receiver is done with us: free its slot now rather than after our own commit, so a
     // destination's concurrency limit bounds requests to it, not our disk's latency.
     let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
-    parts
+    let change = parts
         .destinations
         .finish(&route.key, verdict, Instant::now());
+    if let Some(events) = &parts.ops_events {
+        events.observe(
+            &route.key,
+            &callback.tenant,
+            change,
+            Instant::now(),
+            parts.clock.now(),
+        );
+    }
     record_metrics(callback, &step, parts.clock.now());
     tracing::debug!(
         callback_id = %callback.id,

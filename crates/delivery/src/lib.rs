@@ -8,6 +8,7 @@
 //!   limits key, secrets and TLS client.
 //! - [`dispatcher`]: claims due callbacks tenant by tenant and runs the engine's one-step
 //!   delivery for each, under a global in-flight cap.
+//! - [`ops_events`]: the breaker's events for the operational event stream, debounced.
 //! - [`maintenance`]: lease recovery and retention.
 //! - [`secrets`]: a short-lived cache of each tenant's signing secrets.
 //! - [`send_now`]: the legacy API's synchronous one-attempt `send`.
@@ -16,6 +17,7 @@ pub mod connector;
 pub mod destinations;
 pub mod dispatcher;
 pub mod maintenance;
+pub mod ops_events;
 pub mod routes;
 pub mod secrets;
 pub mod send_now;

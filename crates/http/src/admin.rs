@@ -79,8 +79,8 @@ pub async fn create_key(
     caller.require_admin()?;
     let req = body.value;
     let mut errors = Vec::new();
-    let tenant = TenantId::parse(&req.tenant)
-        .map_err(|e| errors.push(FieldError::new("tenant", e.to_string())))
+    let tenant = TenantId::parse_for_key(&req.tenant)
+        .map_err(|e| errors.push(FieldError::new("tenant", e)))
         .ok();
     let role = req
         .role

@@ -159,7 +159,7 @@ async fn finish_all(
     };
     for cb in &claimed {
         store
-            .record_attempt(&cb.id, attempt(1, code, at), decision, at)
+            .record_attempt(&cb.id, attempt(1, code, at), decision, at, &[])
             .await
             .unwrap();
     }
@@ -587,7 +587,7 @@ async fn expired_leases_return_to_pending_and_can_be_claimed_again() {
         .unwrap();
     assert_eq!(claimed.len(), 3);
     store
-        .record_attempt(&done, attempt(1, 200, now), Decision::Delivered, now)
+        .record_attempt(&done, attempt(1, 200, now), Decision::Delivered, now, &[])
         .await
         .unwrap();
 
