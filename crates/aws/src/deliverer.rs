@@ -336,7 +336,13 @@ impl Deliverer {
         let Some(events) = &self.ops_events else {
             return;
         };
-        let rows = write_ready(events, self.store.as_ref(), Instant::now(), self.clock.now()).await;
+        let rows = write_ready(
+            events,
+            self.store.as_ref(),
+            Instant::now(),
+            self.clock.now(),
+        )
+        .await;
         let due: Vec<Due> = rows
             .iter()
             .map(|row| Due {

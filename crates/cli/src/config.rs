@@ -292,9 +292,7 @@ impl Settings {
     }
 
     /// The breaker's side of the operational event stream (`None`: no stream configured).
-    pub fn ops_events(
-        &self,
-    ) -> Option<std::sync::Arc<fluxcb_delivery::ops_events::OpsEvents>> {
+    pub fn ops_events(&self) -> Option<std::sync::Arc<fluxcb_delivery::ops_events::OpsEvents>> {
         let stream = self.ops_events.clone()?;
         Some(std::sync::Arc::new(
             fluxcb_delivery::ops_events::OpsEvents::new(

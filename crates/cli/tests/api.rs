@@ -10,3 +10,4 @@ include!("cases/legacy_cases.rs");
 include!("cases/isolation_cases.rs");
 include!("cases/limits_cases.rs");
 include!("cases/destination_cases.rs");
+include!("cases/notification_cases.rs");

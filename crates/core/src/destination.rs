@@ -275,7 +275,11 @@ impl DestinationSettings {
                 ));
             }
         }
-        if let Some(Err(msg)) = self.notify_url.as_deref().map(crate::callback::validate_url) {
+        if let Some(Err(msg)) = self
+            .notify_url
+            .as_deref()
+            .map(crate::callback::validate_url)
+        {
             errors.push(FieldError::new("notify_url", msg));
         }
         errors

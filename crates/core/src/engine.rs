@@ -196,7 +196,12 @@ pub struct Aftermath<'a> {
 }
 
 impl Aftermath<'_> {
-    pub fn rows(&self, callback: &Callback, step: &StepOutcome, now: DateTime<Utc>) -> Vec<Callback> {
+    pub fn rows(
+        &self,
+        callback: &Callback,
+        step: &StepOutcome,
+        now: DateTime<Utc>,
+    ) -> Vec<Callback> {
         follow_ups(
             callback,
             &step.attempt,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fluxcb_core::callback::Callback;
 use fluxcb_core::engine::{attempt_delivery, Aftermath, SigningKeys, StepOutcome};
-use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::metric_names as names;
+use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::ports::{Clock, PolledStore, Sender};
 use fluxcb_core::retry::RetryPolicy;
 use fluxcb_core::retry::{DeadLetterReason, Decision};
@@ -88,6 +88,10 @@ pub struct Dispatcher {
     parts: Arc<DeliveryParts>,
     config: DispatcherConfig,
     wake: Arc<Notify>,
+    /// Claimed callbacks to hand back whose deferral could not be written (a full disk, say):
+    /// written at the next round rather than left leased until their lease runs out.
+    unwritten_deferrals:
+        std::sync::Mutex<Vec<(fluxcb_core::id::CallbackId, chrono::DateTime<Utc>)>>,
 }
 
 impl Dispatcher {
@@ -96,6 +100,7 @@ impl Dispatcher {
             parts,
             config,
             wake,
+            unwritten_deferrals: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -174,6 +179,7 @@ impl Dispatcher {
         tasks: &mut JoinSet<()>,
     ) -> Result<Round, fluxcb_core::ports::StoreError> {
         let p = &self.parts;
+        self.write_deferrals(Vec::new()).await?;
         let now = p.clock.now();
         let tenants = p.store.tenants_with_due(now).await?;
         if tenants.is_empty() {
@@ -237,10 +243,29 @@ impl Dispatcher {
                 }
             }
         }
-        if !deferred.is_empty() {
-            p.store.defer(deferred).await?;
-        }
+        self.write_deferrals(deferred).await?;
         Ok(Round { claimed, started })
+    }
+
+    /// Hands `deferred` back to waiting, with any left over from a round whose write failed;
+    /// on failure keeps them all for the next round.
+    async fn write_deferrals(
+        &self,
+        deferred: Vec<(fluxcb_core::id::CallbackId, chrono::DateTime<Utc>)>,
+    ) -> Result<(), fluxcb_core::ports::StoreError> {
+        let mut all = std::mem::take(&mut *self.unwritten_deferrals.lock().expect("poisoned"));
+        all.extend(deferred);
+        if all.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.parts.store.defer(all.clone()).await {
+            self.unwritten_deferrals
+                .lock()
+                .expect("poisoned")
+                .extend(all);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Writes the breaker's events that are ready (a recovery once its quiet period is over).

@@ -175,8 +175,13 @@ impl OpsEvents {
             return;
         }
         st.sent_this_minute += 1;
-        st.ready
-            .push(operational_event(&self.stream, event, data, &self.defaults, at));
+        st.ready.push(operational_event(
+            &self.stream,
+            event,
+            data,
+            &self.defaults,
+            at,
+        ));
     }
 }
 
@@ -271,7 +276,9 @@ mod tests {
         assert_eq!(types(&first), ["destination.circuit_opened"]);
         assert_eq!(first[0].tenant.as_str(), SYSTEM_TENANT);
         ev.observe("https://a.test:443", &acme, closed(), t0, Utc::now());
-        assert!(ev.take_ready(t0 + Duration::from_secs(4), Utc::now()).is_empty());
+        assert!(ev
+            .take_ready(t0 + Duration::from_secs(4), Utc::now())
+            .is_empty());
         assert!(ev.has_pending());
         let later = ev.take_ready(t0 + Duration::from_secs(5), Utc::now());
         assert_eq!(types(&later), ["destination.recovered"]);

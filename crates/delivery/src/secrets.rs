@@ -16,6 +16,9 @@ pub struct SecretCache {
     store: Arc<dyn SecretStore>,
     ttl: Duration,
     entries: Mutex<HashMap<TenantId, Entry>>,
+    /// One generation at a time in this process: concurrent first deliveries of a tenant would
+    /// otherwise each make a secret and sign with their own until the cache expires.
+    generating: tokio::sync::Mutex<()>,
 }
 
 impl SecretCache {
@@ -24,6 +27,7 @@ impl SecretCache {
             store,
             ttl,
             entries: Mutex::new(HashMap::new()),
+            generating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -41,9 +45,16 @@ impl SecretCache {
         }
         let mut secrets = self.store.active_secrets(tenant, Utc::now()).await?;
         if secrets.is_empty() {
-            let fresh = SigningSecret::generate();
-            self.store.add_secret(tenant, &fresh, Utc::now()).await?;
-            secrets = vec![fresh];
+            let _one_at_a_time = self.generating.lock().await;
+            secrets = self.store.active_secrets(tenant, Utc::now()).await?;
+            if secrets.is_empty() {
+                self.store
+                    .add_secret(tenant, &SigningSecret::generate(), Utc::now())
+                    .await?;
+                // Read back: another process may have made one too, and every active
+                // secret signs.
+                secrets = self.store.active_secrets(tenant, Utc::now()).await?;
+            }
         }
         let secrets = Arc::new(secrets);
         self.entries

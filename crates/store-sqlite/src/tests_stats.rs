@@ -33,7 +33,10 @@ async fn attempt_once(
         .expect("due, so claimable");
     let mut a = attempt(number, code, at);
     a.duration_ms = duration_ms;
-    store.record_attempt(id, a, decision, at, &[]).await.unwrap();
+    store
+        .record_attempt(id, a, decision, at, &[])
+        .await
+        .unwrap();
 }
 
 fn cb(tenant_name: &str, host: &str, created: DateTime<Utc>) -> Callback {

@@ -15,8 +15,8 @@ use fluxcb_core::tenant::TenantId;
 use super::callbacks::{build_err, NOT_EXISTS};
 use super::ingest::CONDITION_FAILED;
 use super::items::{
-    attempt_item, callback_from_item, callback_item, callback_pk, due_shard, due_sort_key, event_item, ms, n, s,
-    sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
+    attempt_item, callback_from_item, callback_item, callback_pk, due_shard, due_sort_key,
+    event_item, ms, n, s, sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
 };
 use super::{
     cancellation_codes, is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY,
@@ -308,12 +308,13 @@ impl DynamoStore {
             self.put(attempt_item(id, &record), None)?,
         ];
         // Only a transition that applies makes them: a stale record writes nothing.
-        let follow_ups = if to == Status::Pending { &[] } else { follow_ups };
+        let follow_ups = if to == Status::Pending {
+            &[]
+        } else {
+            follow_ups
+        };
         for row in follow_ups {
-            actions.push(self.put(
-                callback_item(row, self.sweep_grace),
-                Some(NOT_EXISTS),
-            )?);
+            actions.push(self.put(callback_item(row, self.sweep_grace), Some(NOT_EXISTS))?);
         }
         match self
             .client

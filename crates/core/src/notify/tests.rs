@@ -217,7 +217,10 @@ fn precedence_and_switching_off() {
     )
     .unwrap();
     assert_eq!(t.url.as_str(), "https://own.test/n");
-    assert!(t.on.delivered, "notify_on comes from the registration when unset");
+    assert!(
+        t.on.delivered,
+        "notify_on comes from the registration when unset"
+    );
 }
 
 #[test]
