@@ -254,14 +254,7 @@ impl Deliverer {
         // Written with the attempt (if its transition applied); a message for one that was
         // not is stale and dropped, and a lost send is the sweeper's.
         if !follow_ups.is_empty() {
-            let due: Vec<Due> = follow_ups
-                .iter()
-                .map(|row| Due {
-                    id: row.id,
-                    tenant: row.tenant.clone(),
-                    at: row.next_attempt_at.unwrap_or(row.created_at),
-                })
-                .collect();
+            let due: Vec<Due> = follow_ups.iter().map(Due::of).collect();
             if let Err(e) = self.queue.send_due(&due, Utc::now()).await {
                 tracing::warn!(callback_id = %id, error = %e, "could not enqueue notifications; the sweeper will");
             }
@@ -343,14 +336,7 @@ impl Deliverer {
             self.clock.now(),
         )
         .await;
-        let due: Vec<Due> = rows
-            .iter()
-            .map(|row| Due {
-                id: row.id,
-                tenant: row.tenant.clone(),
-                at: row.created_at,
-            })
-            .collect();
+        let due: Vec<Due> = rows.iter().map(Due::of).collect();
         if !due.is_empty() {
             if let Err(e) = self.queue.send_due(&due, Utc::now()).await {
                 tracing::warn!(error = %e, "could not enqueue operational events; the sweeper will");

@@ -605,6 +605,17 @@ pub struct Due {
     pub at: DateTime<Utc>,
 }
 
+impl Due {
+    /// A freshly written callback: due at its first attempt's time.
+    pub fn of(callback: &Callback) -> Self {
+        Self {
+            id: callback.id,
+            tenant: callback.tenant.clone(),
+            at: callback.next_attempt_at.unwrap_or(callback.created_at),
+        }
+    }
+}
+
 /// Hands due work to workers. Told after a callback is committed (or sent back by an operator),
 /// never before: the store is the source of truth, and a lost notification only delays a
 /// callback until the store is next polled or swept. Locally it wakes the dispatcher; on AWS

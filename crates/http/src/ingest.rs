@@ -272,14 +272,7 @@ async fn ingest(
         serde_json::to_vec(&Accepted::of(&callbacks[0]))
     }
     .expect("responses serialise");
-    let due: Vec<Due> = callbacks
-        .iter()
-        .map(|c| Due {
-            id: c.id,
-            tenant: c.tenant.clone(),
-            at: c.next_attempt_at.unwrap_or(c.created_at),
-        })
-        .collect();
+    let due: Vec<Due> = callbacks.iter().map(Due::of).collect();
     let result = state
         .callbacks
         .ingest(IngestBatch {
