@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use common::{ids_with_status, Received, ServeProcess, TestReceiver, PROCESS_API_KEY as API_KEY};
 use serde_json::{json, Value};
 
-/// The per-destination cap the server runs with: at most this many deliveries can be on the
-/// wire when it dies, which bounds the duplicates one kill may cause.
+/// The per-destination and global caps the server runs with. The global slot is held until an
+/// attempt is recorded (the destination's is freed when the receiver answers), so at most this
+/// many deliveries can be sent but unrecorded when it dies: the duplicates one kill may cause.
 const DESTINATION_IN_FLIGHT: usize = 64;
 
 /// A server with the destination cap above, on `data_dir`.
@@ -24,7 +25,10 @@ async fn serve(data_dir: &Path, log: &Path, addr: Option<SocketAddr>) -> ServePr
         data_dir,
         log,
         addr,
-        &[("FLUXCB_DESTINATION_MAX_IN_FLIGHT", cap.as_str())],
+        &[
+            ("FLUXCB_DESTINATION_MAX_IN_FLIGHT", cap.as_str()),
+            ("FLUXCB_MAX_IN_FLIGHT", cap.as_str()),
+        ],
     )
     .await
 }
@@ -334,8 +338,8 @@ async fn sigkill_during_ingest_and_delivery_loses_no_acknowledged_callback() {
         l.replayed,
         started.elapsed().as_secs_f64()
     );
-    // A delivery keeps its destination slot until its attempt is recorded, so one kill can
-    // leave at most the cap sent-but-unrecorded; more would mean finished work is redone.
+    // A delivery keeps its global slot until its attempt is recorded, so one kill can leave at
+    // most the cap sent-but-unrecorded; more would mean finished work is redone.
     assert!(
         duplicates <= 2 * DESTINATION_IN_FLIGHT,
         "{duplicates} duplicates from 2 kills: more than could have been in flight"
