@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fluxcb_core::auth::{PlainKey, Role};
-use fluxcb_core::callback::CallbackDefaults;
 use fluxcb_core::directory::DestinationDirectory;
 use fluxcb_core::ports::{
     CallbackStore, Clock, Due, KeyStore, LegacyTable, NewApiKey, Queue, SecretStore, SendNow,
@@ -199,10 +198,7 @@ pub fn api_state(
         secrets,
         destinations,
         clock,
-        defaults: CallbackDefaults {
-            max_attempts: settings.max_attempts,
-            timeout_ms: settings.timeout_ms,
-        },
+        defaults: settings.callback_defaults(),
         limits: ApiLimits {
             body_bytes: settings.body_limit,
             batch_body_bytes: settings.batch_body_limit,

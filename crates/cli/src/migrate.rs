@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fluxcb_core::callback::CallbackDefaults;
 use fluxcb_core::ports::{CallbackStore, KeyStore, SecretStore};
 use fluxcb_core::target::TargetPolicy;
 use fluxcb_migrate::compare::{compare, CompareOptions};
@@ -132,10 +131,7 @@ pub async fn run(file: Option<&Path>, cmd: MigrateCommand) -> Result<(), Failure
             store,
         } => {
             let settings = settings(file, &store)?;
-            let defaults = CallbackDefaults {
-                max_attempts: settings.max_attempts,
-                timeout_ms: settings.timeout_ms,
-            };
+            let defaults = settings.callback_defaults();
             let records = Records::open(&settings).await?;
             let db = connect(&legacy_db).await?;
             let options = ImportOptions {

@@ -65,15 +65,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The attempt budget and timeout of a callback that sets neither.
+    pub fn callback_defaults(&self) -> fluxcb_core::callback::CallbackDefaults {
+        fluxcb_core::callback::CallbackDefaults {
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
     /// What the end of an attempt makes besides its transition: notifications (with the
     /// installation's attempt budget and timeout) and the operational stream's events.
     pub fn follow_ups(&self) -> std::sync::Arc<fluxcb_core::notify::FollowUpSettings> {
         std::sync::Arc::new(fluxcb_core::notify::FollowUpSettings {
             ops: self.ops_events.clone(),
-            defaults: fluxcb_core::callback::CallbackDefaults {
-                max_attempts: self.max_attempts,
-                timeout_ms: self.timeout_ms,
-            },
+            defaults: self.callback_defaults(),
         })
     }
 
@@ -84,10 +89,7 @@ impl Settings {
             fluxcb_delivery::ops_events::OpsEvents::new(
                 stream,
                 self.ops_events_quiet,
-                fluxcb_core::callback::CallbackDefaults {
-                    max_attempts: self.max_attempts,
-                    timeout_ms: self.timeout_ms,
-                },
+                self.callback_defaults(),
                 fluxcb_delivery::ops_events::node_name(),
             ),
         ))
