@@ -307,12 +307,12 @@ impl DynamoStore {
                 .build(),
             self.put(attempt_item(id, &record), None)?,
         ];
-        // Only a transition that applies makes them: a stale record writes nothing.
-        let follow_ups = if to == Status::Pending {
-            &[]
-        } else {
-            follow_ups
-        };
+        if follow_ups.is_empty() {
+            return self
+                .transact_if_current(actions, "recording an attempt")
+                .await;
+        }
+        // In the same transaction: a stale record (item 0's condition fails) writes none.
         for row in follow_ups {
             actions.push(self.put(callback_item(row, self.sweep_grace), Some(NOT_EXISTS))?);
         }
@@ -328,10 +328,7 @@ impl DynamoStore {
                 Some(codes) if codes.first().is_some_and(|c| c == CONDITION_FAILED) => Ok(false),
                 // A follow-up exists already: this transition was written before (its answer
                 // was lost) or raced; the rows are there, so write the rest without them.
-                Some(codes)
-                    if !follow_ups.is_empty()
-                        && codes.iter().skip(2).any(|c| c == CONDITION_FAILED) =>
-                {
+                Some(codes) if codes.iter().skip(2).any(|c| c == CONDITION_FAILED) => {
                     actions.truncate(2);
                     self.transact_if_current(actions, "recording an attempt")
                         .await
