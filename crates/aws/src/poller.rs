@@ -60,6 +60,8 @@ async fn poll_loop(deliverer: Arc<Deliverer>, wait: Duration, shutdown: Cancella
             }
         };
         if messages.is_empty() {
+            // An idle receive still sends recoveries whose quiet period has passed.
+            deliverer.write_ops_events().await;
             continue;
         }
         let records: Vec<Record> = messages
