@@ -11,7 +11,7 @@
 # The tests that need AWS use FLUXCB_TEST_AWS_ENDPOINT; without it they say so and skip.
 #
 # STATE_DIR (default ${TMPDIR:-/tmp}/fluxcb-moto-$USER) keeps the pid, port and log. moto_server
-# comes from $FLUXCB_VENV (default ~/.cache/fluxcb/venv; .ci/run installs it from
+# (run through scripts/moto_server.py) comes from $FLUXCB_VENV (default ~/.cache/fluxcb/venv; .ci/run installs it from
 # .ci/requirements.txt), or from PATH. moto keeps everything in memory: stopping it forgets all.
 set -euo pipefail
 
@@ -32,14 +32,20 @@ free_port() {
 }
 
 start() {
-  local server
+  # moto_server through scripts/moto_server.py, which serialises DynamoDB's requests (see there:
+  # moto's failed transactions would otherwise erase concurrent writes).
+  local python
   if [ -x "$venv/bin/moto_server" ]; then
-    server="$venv/bin/moto_server"
-  elif ! server="$(command -v moto_server)"; then
+    python="$venv/bin/python"
+  elif server="$(command -v moto_server)"; then
+    python="$(head -1 "$server" | sed 's/^#! *//')"
+  else
     echo "moto.sh: moto_server not found in $venv/bin or on PATH;" >&2
     echo "  install it: python3 -m pip install -r .ci/requirements.txt (or run .ci/run once)" >&2
     return 1
   fi
+  local launcher
+  launcher="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/moto_server.py"
   mkdir -p "$state"
   if pid="$(running_pid)"; then
     echo "moto.sh: already running (pid $pid, port $(cat "$state/port")); stop it first" >&2
@@ -56,7 +62,7 @@ start() {
     echo "$port" >"$state/port"
     # shellcheck disable=SC2016 # expanded by the inner shell
     setsid bash -c 'echo $$ >"$1/pid"; shift; exec "$@"' moto "$state" \
-      "$server" -H 127.0.0.1 -p "$port" >"$state/log" 2>&1 </dev/null &
+      "$python" "$launcher" -H 127.0.0.1 -p "$port" >"$state/log" 2>&1 </dev/null &
     local n=0
     while ! [ -s "$state/pid" ] && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
     pid="$(cat "$state/pid")"

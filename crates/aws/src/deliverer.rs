@@ -22,7 +22,7 @@ use fluxcb_delivery::secrets::SecretCache;
 use futures_util::future::join_all;
 
 use crate::queue::SqsQueue;
-use crate::store::{DynamoStore, MAX_QUEUE_DELAY};
+use crate::store::{DynamoStore, Recorded, MAX_QUEUE_DELAY};
 
 /// One received message: its id (what a partial batch failure names) and body.
 #[derive(Clone, Debug)]
@@ -242,7 +242,7 @@ impl Deliverer {
             settings: &self.follow_ups,
         }
         .rows(&callback, &step, self.clock.now());
-        let waits_here = self
+        let recorded = self
             .record_within_lease(
                 &callback,
                 step.attempt,
@@ -259,8 +259,11 @@ impl Deliverer {
                 tracing::warn!(callback_id = %id, error = %e, "could not enqueue notifications; the sweeper will");
             }
         }
+        if let Some(next) = recorded.promoted {
+            self.enqueue_retry(next).await;
+        }
         // Not for a callback handed back to legacy during the attempt: legacy sends it.
-        if let (Decision::RetryAt(at), true) = (step.decision, waits_here) {
+        if let (Decision::RetryAt(at), true) = (step.decision, recorded.waits_here) {
             self.enqueue_retry(Due {
                 id,
                 tenant: callback.tenant.clone(),
@@ -282,7 +285,7 @@ impl Deliverer {
         decision: Decision,
         lease_until: DateTime<Utc>,
         follow_ups: &[Callback],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u32;
         let started = Instant::now();

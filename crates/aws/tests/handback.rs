@@ -236,7 +236,8 @@ async fn an_attempt_in_flight_at_the_fence_is_recorded_but_not_made_due() {
             &[],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .waits_here;
     assert!(!waits, "a handed-back callback is not due here");
     let detail = store.get(&Scope::All, &fenced.id).await.unwrap().unwrap();
     assert_eq!(
@@ -254,7 +255,8 @@ async fn an_attempt_in_flight_at_the_fence_is_recorded_but_not_made_due() {
     let waits = store
         .record_attempt_of(None, &kept.id, attempt(1, 500), retry, Utc::now(), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .waits_here;
     assert!(waits);
     let item = raw(&store, &kept).await;
     assert!(item.contains_key("due_sk") && item.contains_key("next_attempt_at"));

@@ -61,7 +61,8 @@ impl AwsParts {
             )
             .with_sweep_grace(
                 TimeDelta::from_std(settings.sweep_grace).unwrap_or(TimeDelta::minutes(2)),
-            ),
+            )
+            .with_after_dead_letter(settings.ordering_after_dead_letter),
         );
         let queue = SqsQueue::new(
             clients.sqs.clone(),

@@ -11,3 +11,4 @@ include!("cases/isolation_cases.rs");
 include!("cases/limits_cases.rs");
 include!("cases/destination_cases.rs");
 include!("cases/notification_cases.rs");
+include!("cases/ordering_cases.rs");

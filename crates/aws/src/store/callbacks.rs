@@ -33,6 +33,19 @@ pub(super) fn build_err(e: impl std::fmt::Display) -> StoreError {
 
 #[async_trait]
 impl CallbackStore for DynamoStore {
+    fn supports_ordering_keys(&self) -> bool {
+        true
+    }
+
+    async fn release_ordering_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.release_key(tenant, key, now).await
+    }
+
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestResult, StoreError> {
         let tenant = batch.tenant.clone();
         let count = batch.callbacks.len();

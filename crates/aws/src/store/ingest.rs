@@ -12,6 +12,7 @@ use super::items::{
     callback_entries, callback_item, expiry, get_n, get_s, item_size, ms, n, s, GUARD_SK, HOLDER,
     POINTER_SK,
 };
+use super::ordering::split_runs;
 use super::{
     cancellation_codes, is_conditional_failure, store_error, DynamoStore, Item, MAX_ITEM_BYTES,
     MAX_TRANSACTION_ITEMS,
@@ -73,7 +74,7 @@ impl DynamoStore {
         }
         self.register_tenant(&tenant).await?;
         let Some(idem) = idempotency else {
-            self.write_chunks(self.entries(&callbacks)).await?;
+            self.write_all(&tenant, &callbacks).await?;
             return Ok(IngestResult::Accepted);
         };
         let idem_pk = format!("idem#{tenant}#{}", idem.key);
@@ -101,11 +102,19 @@ impl DynamoStore {
         );
 
         let entries = self.entries(&callbacks);
+        let (plain, runs) = split_runs(&callbacks);
         // The record and every entry must fit.
-        if entries.iter().map(Vec::len).sum::<usize>() < MAX_TRANSACTION_ITEMS {
+        if runs.is_empty() && entries.iter().map(Vec::len).sum::<usize>() < MAX_TRANSACTION_ITEMS {
             // One transaction: the record and the callbacks appear together or not at all.
             record.insert("complete".into(), AttributeValue::Bool(true));
             if self.write_with_record(record, entries).await? {
+                return Ok(IngestResult::Accepted);
+            }
+        } else if let ([], [(key, run)]) = (plain.as_slice(), runs.as_slice()) {
+            // One key's callbacks (a single ordered POST): the record goes in the run's
+            // transaction, with the key's head.
+            record.insert("complete".into(), AttributeValue::Bool(true));
+            if self.write_run(Some(&record), &tenant, key, run).await? {
                 return Ok(IngestResult::Accepted);
             }
         } else {
@@ -123,7 +132,7 @@ impl DynamoStore {
                 .await
             {
                 Ok(_) => {
-                    self.write_chunks(entries).await?;
+                    self.write_all(&tenant, &callbacks).await?;
                     self.mark_complete(&idem_pk).await?;
                     return Ok(IngestResult::Accepted);
                 }
@@ -166,10 +175,26 @@ impl DynamoStore {
                     cb.next_attempt_at = cb.next_attempt_at.map(|t| t + shift);
                 }
             }
-            self.write_chunks(self.entries(&callbacks)).await?;
+            self.write_all(&tenant, &callbacks).await?;
             self.mark_complete(&idem_pk).await?;
         }
         Ok(IngestResult::Replayed { status, body })
+    }
+
+    /// Writes a batch's callbacks: those without an ordering key in chunks, each key's in runs
+    /// behind its head (see [`super::ordering`]). Idempotent per callback and per run, so a
+    /// retry of a half-written batch writes only what is missing.
+    async fn write_all(
+        &self,
+        tenant: &fluxcb_core::tenant::TenantId,
+        callbacks: &[Callback],
+    ) -> Result<(), StoreError> {
+        let (plain, runs) = split_runs(callbacks);
+        self.write_chunks(self.entries(&plain)).await?;
+        for (key, run) in &runs {
+            self.write_run(None, tenant, key, run).await?;
+        }
+        Ok(())
     }
 
     /// The idempotency record and every entry in one transaction: `false` when the record

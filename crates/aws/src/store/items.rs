@@ -159,6 +159,9 @@ pub(crate) fn callback_item(cb: &Callback, grace: chrono::TimeDelta) -> Item {
     if let Some(on) = cb.spec.notify_on {
         item.insert("notify_on".into(), s(on.encode()));
     }
+    if let Some(key) = &cb.spec.ordering_key {
+        item.insert("ordering_key".into(), s(key));
+    }
     item.insert("attempts_made".into(), n(cb.attempts_made));
     item.insert("max_attempts".into(), n(cb.max_attempts));
     item.insert("attempt_budget".into(), n(cb.max_attempts));
@@ -355,8 +358,7 @@ pub(crate) fn callback_from_item(item: &Item) -> Result<Callback, StoreError> {
                 Some(f) => f.parse().map_err(|_| bad("wire_format"))?,
                 None => WireFormat::default(),
             },
-            // Ordering keys are refused on this backend (not served yet).
-            ordering_key: None,
+            ordering_key: get_s(item, "ordering_key").map(str::to_owned),
             notify_url: get_s(item, "notify_url")
                 .map(url::Url::parse)
                 .transpose()

@@ -17,6 +17,7 @@
 //! | awaiting hand-back to legacy (names the callback) | `handback` | `<callback id>` |
 //! | console session (see [`sessions`]) | `session#<sha-256 of its id>` | `session` |
 //! | statistics counters (see [`stats`]) | `stats#<tenant>#<shard>` | `m#<ms>` / `h#<ms>` |
+//! | ordering key head, waiting member (see [`ordering`]) | `okey#<tenant>#<key>` | `head` / `m#<seq>` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
@@ -34,6 +35,7 @@ mod items;
 mod latency;
 mod legacy;
 mod operations;
+mod ordering;
 mod sessions;
 pub mod stats;
 mod sweep;
@@ -49,6 +51,7 @@ use aws_sdk_dynamodb::Client;
 use fluxcb_core::ports::StoreError;
 
 pub use sweep::{SweepCandidate, SweepKind};
+pub use work::Recorded;
 
 /// Shards of the `due` index: one partition key would cap the sweeper's index at one
 /// partition's write rate.
@@ -99,6 +102,8 @@ pub struct DynamoStore {
     /// Tenants this process has registered already (see `register_tenant`).
     known_tenants:
         std::sync::Arc<std::sync::Mutex<std::collections::HashSet<fluxcb_core::tenant::TenantId>>>,
+    /// What a dead letter does to the later callbacks of its ordering key.
+    after_dead_letter: fluxcb_core::ordering::AfterDeadLetter,
 }
 
 impl DynamoStore {
@@ -110,7 +115,18 @@ impl DynamoStore {
             sweep_grace: chrono::TimeDelta::minutes(2),
             sweep_turn: Default::default(),
             known_tenants: Default::default(),
+            after_dead_letter: Default::default(),
         }
+    }
+
+    /// What a dead letter does to the later callbacks of its ordering key
+    /// (`ordering_after_dead_letter`; default: continue).
+    pub fn with_after_dead_letter(
+        mut self,
+        policy: fluxcb_core::ordering::AfterDeadLetter,
+    ) -> Self {
+        self.after_dead_letter = policy;
+        self
     }
 
     /// Sets how long a sent message may be overdue before the sweeper presumes it lost.

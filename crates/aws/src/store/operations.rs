@@ -13,10 +13,12 @@ use fluxcb_core::status::{Status, Transition};
 use fluxcb_core::tenant::{Scope, TenantId};
 
 use super::callbacks::{build_err, NOT_EXISTS};
+use super::ingest::{is_transaction_conflict, CONDITION_FAILED};
 use super::items::{
     callback_from_item, callback_pk, due_shard, due_sort_key, event_item, expiry, get_s,
     is_expired, matches_host_and_tag, ms, n, s, sweep_at, tenant_status, NewEvent, CALLBACK_SK,
 };
+use super::ordering::{busy_key, contention_pause, seq_of, ORDERED_ROUNDS};
 use super::{cancellation_codes, store_error, DynamoStore, Item, INDEX_BY_STATUS, INDEX_BY_TENANT};
 
 impl DynamoStore {
@@ -166,12 +168,24 @@ impl DynamoStore {
                 )
             }
         };
+        // A callback waiting behind its key's turn leaves the line with its cancel; one holding
+        // the turn passes it on; a dead letter holding its key (`hold`) takes the turn back.
+        let key = cb.spec.ordering_key.as_deref();
+        let waiting = key.is_some()
+            && transition == Transition::Cancel
+            && cb.next_attempt_at.is_none()
+            && matches!(cb.status, Status::Scheduled | Status::Pending);
+        let condition = if waiting {
+            "#st = :from AND attribute_not_exists(#ow) AND attribute_not_exists(next_attempt_at)"
+        } else {
+            "#st = :from AND attribute_not_exists(#ow)"
+        };
         let mut update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(callback_pk(&cb.id)))
             .key("sk", s(CALLBACK_SK))
             .update_expression(expression)
-            .condition_expression("#st = :from AND attribute_not_exists(#ow)")
+            .condition_expression(condition)
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#ow", "owner");
         for (k, v) in values {
@@ -188,14 +202,73 @@ impl DynamoStore {
             },
             self.finished_expiry(now) + 30 * 86_400,
         );
-        let actions = vec![
+        let base = vec![
             TransactWriteItem::builder()
                 .update(update.build().map_err(build_err)?)
                 .build(),
             self.put(event, Some(NOT_EXISTS))?,
         ];
-        self.transact_if_current(actions, "updating a callback")
+        let Some(key) = key else {
+            return self.transact_if_current(base, "updating a callback").await;
+        };
+        let seq = match waiting {
+            true => self.ordering_seq(&cb.id).await?,
+            false => None,
+        };
+        for round in 0..ORDERED_ROUNDS {
+            let change = match (transition, seq) {
+                (Transition::Cancel, Some(seq)) => self.leave_queue(&cb.tenant, key, seq)?,
+                (Transition::Cancel, None) => {
+                    self.turn_end(&cb.tenant, key, &cb.id, false, now, false)
+                        .await?
+                }
+                _ => self.unhold(&cb.tenant, key, &cb.id).await?,
+            };
+            let mut actions = base.clone();
+            actions.extend(change.actions);
+            let e = match self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) => e,
+            };
+            match cancellation_codes(&e) {
+                Some(codes) if codes.first().is_some_and(|c| c == CONDITION_FAILED) => {
+                    return Ok(false)
+                }
+                // A waiting callback promoted meanwhile: the caller reads it again.
+                Some(_) if seq.is_some() => return Ok(false),
+                Some(codes)
+                    if codes.iter().any(|c| c == CONDITION_FAILED)
+                        || is_transaction_conflict(&codes) =>
+                {
+                    contention_pause(round).await
+                }
+                _ => return Err(store_error("updating a callback", e)),
+            }
+        }
+        Err(busy_key(key))
+    }
+
+    /// The place of a callback in its key's line (`okey_seq`).
+    async fn ordering_seq(&self, id: &CallbackId) -> Result<Option<u64>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(callback_pk(id)))
+            .key("sk", s(CALLBACK_SK))
+            .projection_expression("okey_seq")
+            .consistent_read(true)
+            .send()
             .await
+            .map_err(|e| store_error("reading a callback", e))?
+            .item;
+        Ok(item.as_ref().and_then(seq_of))
     }
 
     pub(super) async fn operator_action(

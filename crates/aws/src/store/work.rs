@@ -7,20 +7,37 @@ use fluxcb_core::attempt::Attempt;
 use fluxcb_core::callback::{Callback, Owner};
 use fluxcb_core::event::EventKind;
 use fluxcb_core::id::CallbackId;
-use fluxcb_core::ports::StoreError;
+use fluxcb_core::ports::{Due, StoreError};
 use fluxcb_core::retry::Decision;
 use fluxcb_core::status::{Status, Transition};
 use fluxcb_core::tenant::TenantId;
 
 use super::callbacks::{build_err, NOT_EXISTS};
-use super::ingest::CONDITION_FAILED;
+use super::ingest::{is_transaction_conflict, CONDITION_FAILED};
 use super::items::{
     attempt_item, callback_from_item, callback_item, callback_pk, due_shard, due_sort_key,
     event_item, ms, n, s, sweep_at, tenant_status, AttemptRecord, NewEvent, CALLBACK_SK,
 };
+use super::ordering::{contention_pause, KeyChange, ORDERED_ROUNDS};
 use super::{
     cancellation_codes, is_conditional_failure, store_error, DynamoStore, MAX_QUEUE_DELAY,
 };
+
+/// What recording an attempt did (see [`DynamoStore::record_attempt_of`]).
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The callback waits here for another attempt: the caller sends its message.
+    pub waits_here: bool,
+    /// The next callback of its ordering key, due now that this one's turn ended: the caller
+    /// sends its message (a lost send is the sweeper's).
+    pub promoted: Option<Due>,
+}
+
+enum Written {
+    /// The callback was not in flight (or not as expected): nothing was written.
+    Stale,
+    Applied(Option<Due>),
+}
 
 impl DynamoStore {
     /// [`fluxcb_core::ports::CallbackStore::claim`], with the callback's tenant when the caller knows it (the
@@ -83,10 +100,10 @@ impl DynamoStore {
 
     /// [`fluxcb_core::ports::CallbackStore::record_attempt`], with the claimed callback when
     /// the caller has it (the worker that claimed it does), which saves a read: its tenant
-    /// builds the index keys, its host is counted in the statistics. `Ok(true)` when the
-    /// callback now waits here for another attempt (a retry: the caller sends its message),
-    /// `Ok(false)` when it finished, or was handed back to legacy during the attempt (a retry
-    /// then stays legacy's: no `due` entry, no message), or was no longer in flight.
+    /// builds the index keys, its host is counted in the statistics. Says whether the callback
+    /// now waits here for another attempt (a retry: the caller sends its message; not when it
+    /// finished, was handed back to legacy during the attempt, or was no longer in flight) and
+    /// which callback of its ordering key its end made due (the caller sends that message).
     pub async fn record_attempt_of(
         &self,
         claimed: Option<&Callback>,
@@ -95,7 +112,7 @@ impl DynamoStore {
         decision: Decision,
         now: DateTime<Utc>,
         follow_ups: &[Callback],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let loaded;
         let callback = match claimed {
             Some(cb) => Some(cb),
@@ -117,9 +134,11 @@ impl DynamoStore {
         for row in follow_ups {
             self.register_tenant(&row.tenant).await?;
         }
-        if self
+        let ordering_key = callback.and_then(|cb| cb.spec.ordering_key.as_deref());
+        if let Written::Applied(promoted) = self
             .write_attempt(
                 tenant.as_ref(),
+                ordering_key,
                 id,
                 &attempt,
                 decision,
@@ -130,7 +149,10 @@ impl DynamoStore {
             .await?
         {
             count(matches!(decision, Decision::DeadLetter(_))).await;
-            return Ok(retry);
+            return Ok(Recorded {
+                waits_here: retry,
+                promoted,
+            });
         }
         // A retry is conditioned on fluxcb still owning the callback. If the rollback's fence
         // made it a mirror during the attempt, record the attempt without making it due.
@@ -140,9 +162,10 @@ impl DynamoStore {
                 .await?
                 .is_some_and(|cb| cb.status == Status::Delivering && cb.owner == Owner::Legacy);
             if fenced
-                && self
-                    .write_attempt(
+                && matches!(
+                    self.write_attempt(
                         tenant.as_ref(),
+                        None,
                         id,
                         &attempt,
                         decision,
@@ -150,10 +173,12 @@ impl DynamoStore {
                         Owner::Legacy,
                         &[],
                     )
-                    .await?
+                    .await?,
+                    Written::Applied(_)
+                )
             {
                 count(false).await;
-                return Ok(false);
+                return Ok(Recorded::default());
             }
         }
         tracing::warn!(
@@ -170,7 +195,7 @@ impl DynamoStore {
             .await
             .map_err(|e| store_error("recording an attempt", e))?;
         count(false).await;
-        Ok(false)
+        Ok(Recorded::default())
     }
 
     fn attempt_record<'a>(
@@ -201,19 +226,21 @@ impl DynamoStore {
     /// callback being in flight. For a retry, also on who owns it: `owner` fluxcb makes it due
     /// again, `owner` legacy (handed back mid-attempt) leaves it pending outside the `due` index.
     /// `follow_ups` are put in the same transaction, each only if its id is new (at most two,
-    /// so the transaction stays far below its 100 items). `false` when the callback's
-    /// condition failed.
+    /// so the transaction stays far below its 100 items), and so is the end of its turn when
+    /// it has an `ordering_key` and finished. [`Written::Stale`] when the callback's condition
+    /// failed.
     #[allow(clippy::too_many_arguments)]
     async fn write_attempt(
         &self,
         tenant: Option<&TenantId>,
+        ordering_key: Option<&str>,
         id: &CallbackId,
         attempt: &Attempt,
         decision: Decision,
         now: DateTime<Utc>,
         owner: Owner,
         follow_ups: &[Callback],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Written, StoreError> {
         let (transition, next_at) = match decision {
             Decision::Delivered => (Transition::Succeed, None),
             Decision::RetryAt(at) => (Transition::Reschedule, Some(at)),
@@ -301,41 +328,73 @@ impl DynamoStore {
             update = update.expression_attribute_values(k, v);
         }
         let record = self.attempt_record(attempt, decision, now, Some(to));
-        let mut actions = vec![
+        let base = vec![
             TransactWriteItem::builder()
                 .update(update.build().map_err(build_err)?)
                 .build(),
             self.put(attempt_item(id, &record), None)?,
         ];
-        if follow_ups.is_empty() {
-            return self
-                .transact_if_current(actions, "recording an attempt")
-                .await;
-        }
-        // In the same transaction: a stale record (item 0's condition fails) writes none.
-        for row in follow_ups {
-            actions.push(self.put(callback_item(row, self.sweep_grace), Some(NOT_EXISTS))?);
-        }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(actions.clone()))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes) if codes.first().is_some_and(|c| c == CONDITION_FAILED) => Ok(false),
+        // The end of an ordered callback's turn goes in the same transaction: the next of its
+        // key becomes due exactly when this one stops being in flight.
+        let key_end = match (ordering_key, tenant, next_at) {
+            (Some(key), Some(t), None) => Some((t, key)),
+            _ => None,
+        };
+        let mut rows = follow_ups
+            .iter()
+            .map(|row| self.put(callback_item(row, self.sweep_grace), Some(NOT_EXISTS)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for round in 0..ORDERED_ROUNDS {
+            let change = match key_end {
+                Some((t, key)) => {
+                    let dead = matches!(decision, Decision::DeadLetter(_));
+                    self.turn_end(t, key, id, dead, now, true).await?
+                }
+                None => KeyChange::default(),
+            };
+            let mut actions = base.clone();
+            let rows_at = actions.len();
+            // In the same transaction: a stale record (item 0's condition fails) writes none.
+            actions.extend(rows.iter().cloned());
+            let change_at = actions.len();
+            actions.extend(change.actions);
+            let e = match self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(Written::Applied(change.promoted)),
+                Err(e) => e,
+            };
+            let Some(codes) = cancellation_codes(&e) else {
+                return Err(store_error("recording an attempt", e));
+            };
+            let failed = |range: std::ops::Range<usize>| {
+                codes
+                    .get(range)
+                    .is_some_and(|c| c.iter().any(|c| c == CONDITION_FAILED))
+            };
+            if failed(0..1) {
+                return Ok(Written::Stale);
+            }
+            if failed(rows_at..change_at) {
                 // A follow-up exists already: this transition was written before (its answer
                 // was lost) or raced; the rows are there, so write the rest without them.
-                Some(codes) if codes.iter().skip(2).any(|c| c == CONDITION_FAILED) => {
-                    actions.truncate(2);
-                    self.transact_if_current(actions, "recording an attempt")
-                        .await
-                }
-                _ => Err(store_error("recording an attempt", e)),
-            },
+                rows.clear();
+                continue;
+            }
+            if failed(change_at..codes.len()) || is_transaction_conflict(&codes) {
+                // Another change of the key came first: read it again.
+                contention_pause(round).await;
+                continue;
+            }
+            return Err(store_error("recording an attempt", e));
         }
+        Err(StoreError::Busy(
+            "recording an attempt: its ordering key kept changing".into(),
+        ))
     }
 
     pub(super) async fn mark_complete(&self, idem_pk: &str) -> Result<(), StoreError> {
