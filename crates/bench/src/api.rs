@@ -199,6 +199,7 @@ pub async fn preload(
                 warmup: Duration::ZERO,
                 duration: Duration::from_secs(3600),
                 budget: Some(batches),
+                fresh_connections: false,
             },
             make,
             Some(on_response),

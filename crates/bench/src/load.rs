@@ -147,6 +147,8 @@ pub struct ClosedLoop {
     pub duration: Duration,
     /// Stop after this many requests instead of at the end of `duration`.
     pub budget: Option<u64>,
+    /// A new connection for every request (for servers that close each one).
+    pub fresh_connections: bool,
 }
 
 pub async fn closed_loop(
@@ -161,7 +163,7 @@ pub async fn closed_loop(
     let mut set = JoinSet::new();
     for _ in 0..cfg.connections {
         let (make, on_response, next) = (make.clone(), on_response.clone(), next.clone());
-        let budget = cfg.budget;
+        let (budget, fresh) = (cfg.budget, cfg.fresh_connections);
         set.spawn(async move {
             let mut tally = Tally::new();
             let mut conn: Option<Conn> = None;
@@ -202,6 +204,9 @@ pub async fn closed_loop(
                         None
                     }
                 };
+                if fresh {
+                    conn = None;
+                }
                 // Completions inside the window, so that requests/window is the rate.
                 if t1 >= measure_from && t1 < end {
                     tally.record(status, t1 - t0);

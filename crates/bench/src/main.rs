@@ -6,6 +6,7 @@
 //! target/release/fluxcb-bench all --scale      # ... and memory with 1,000,000 callbacks
 //! target/release/fluxcb-bench ingest --connections 32 --duration 20
 //! target/release/fluxcb-bench console          # console page times with 1,000,000 callbacks
+//! target/release/fluxcb-bench ceiling ingest deliver --legacy   # side by side with legacy
 //! ```
 //!
 //! Everything runs on loopback and is started and stopped by the bench: a `fluxcb serve` per
@@ -17,6 +18,7 @@ mod api;
 mod clock;
 mod console;
 mod httpd;
+mod legacy;
 mod load;
 mod ordered;
 mod procs;
@@ -128,6 +130,19 @@ struct Cli {
     /// Where to write the JSON results. Default: target/bench-results.json.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also run the legacy pair (`--legacy-dir`, on PostgreSQL at 127.0.0.1:5432) under the
+    /// `ingest` and `deliver` loads in every repetition, for the "vs legacy" column.
+    #[arg(long)]
+    legacy: bool,
+    /// The folder with the legacy pair's `run.sh`.
+    #[arg(long, default_value_os_t = legacy::default_dir())]
+    legacy_dir: PathBuf,
+    /// `LEGACY_HOME` for `run.sh` (its venv is kept there between runs).
+    #[arg(long, default_value_os_t = legacy::default_home())]
+    legacy_home: PathBuf,
+    /// Backlog for legacy's `deliver` (it sends a few hundred a second).
+    #[arg(long, default_value_t = 5_000)]
+    legacy_deliver_count: u64,
     /// Internal: serve the trivial 202 server on this address and nothing else.
     #[arg(long, hide = true)]
     serve_202: Option<SocketAddr>,
@@ -260,6 +275,11 @@ async fn run(cli: &Cli) -> Result<(), String> {
         memory_count: cli.memory_count.max(1),
         server_env: cli.server_env.clone(),
     };
+    let legacy_opts = cli.legacy.then(|| legacy::LegacyOpts {
+        dir: cli.legacy_dir.clone(),
+        home: cli.legacy_home.clone(),
+        deliver_count: cli.legacy_deliver_count.max(1),
+    });
     let machine = procs::machine();
     let started_at = chrono::Utc::now().to_rfc3339();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -280,11 +300,23 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     ceiling = Some(c);
                     rows
                 }
-                Scenario::Ingest => vec![scenarios::ingest(&opts, rep, ceiling.as_ref()).await?],
+                Scenario::Ingest => {
+                    let mut rows = vec![scenarios::ingest(&opts, rep, ceiling.as_ref()).await?];
+                    if let Some(lo) = &legacy_opts {
+                        rows.push(legacy::ingest(&opts, lo, rep).await?);
+                    }
+                    rows
+                }
                 Scenario::IngestBatch => {
                     vec![scenarios::ingest_batch(&opts, rep, ceiling.as_ref()).await?]
                 }
-                Scenario::Deliver => vec![scenarios::deliver(&opts, rep, ceiling.as_ref()).await?],
+                Scenario::Deliver => {
+                    let mut rows = vec![scenarios::deliver(&opts, rep, ceiling.as_ref()).await?];
+                    if let Some(lo) = &legacy_opts {
+                        rows.push(legacy::deliver(&opts, lo, rep).await?);
+                    }
+                    rows
+                }
                 Scenario::EndToEnd => vec![scenarios::end_to_end(&opts, rep).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
                 Scenario::Ordered => {

@@ -132,6 +132,8 @@ pub struct Summary {
     pub worst: f64,
     pub median: f64,
     pub best_ratio_to_ceiling: Option<f64>,
+    /// fluxcb's median as a multiple of legacy's median in the same scenario (same run).
+    pub vs_legacy: Option<f64>,
     pub goal: Option<String>,
     pub goal_met_runs: usize,
 }
@@ -302,7 +304,8 @@ pub fn summarise(runs: &[Run]) -> Vec<Summary> {
             keys.push(k);
         }
     }
-    keys.into_iter()
+    let mut out: Vec<Summary> = keys
+        .into_iter()
         .map(|(scenario, server)| {
             let group: Vec<&Run> = runs
                 .iter()
@@ -326,6 +329,7 @@ pub fn summarise(runs: &[Run]) -> Vec<Summary> {
                     .iter()
                     .filter_map(|r| r.ratio_to_ceiling)
                     .max_by(f64::total_cmp),
+                vs_legacy: None,
                 goal: best_run.goal.as_ref().map(|g| g.text.clone()),
                 goal_met_runs: group
                     .iter()
@@ -333,7 +337,19 @@ pub fn summarise(runs: &[Run]) -> Vec<Summary> {
                     .count(),
             }
         })
-        .collect()
+        .collect();
+    let legacy: Vec<(String, f64)> = out
+        .iter()
+        .filter(|s| s.server == "legacy" && s.median > 0.0)
+        .map(|s| (s.scenario.clone(), s.median))
+        .collect();
+    for s in out.iter_mut().filter(|s| s.server == "fluxcb") {
+        s.vs_legacy = legacy
+            .iter()
+            .find(|(scenario, _)| *scenario == s.scenario)
+            .map(|(_, median)| s.median / median);
+    }
+    out
 }
 
 pub fn summary_table(summary: &[Summary]) -> String {
@@ -346,6 +362,7 @@ pub fn summary_table(summary: &[Summary]) -> String {
         "worst",
         "unit",
         "best vs ceiling",
+        "median vs legacy",
         "goal",
         "met in",
     ]
@@ -363,6 +380,8 @@ pub fn summary_table(summary: &[Summary]) -> String {
             s.unit.clone(),
             s.best_ratio_to_ceiling
                 .map_or_else(|| "-".into(), |x| format!("{:.1}%", x * 100.0)),
+            s.vs_legacy
+                .map_or_else(|| "-".into(), |x| format!("{x:.1}x")),
             s.goal.clone().unwrap_or_else(|| "-".into()),
             if s.goal.is_some() {
                 format!("{}/{}", s.goal_met_runs, s.runs)

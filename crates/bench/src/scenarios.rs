@@ -20,7 +20,7 @@ use crate::report::{Cpu, Goal, Percentiles, Run};
 
 /// Where callbacks that must never be delivered during a run point: the discard port, which
 /// nothing listens on here. They are scheduled far enough ahead that it is never dialled.
-const NOWHERE: &str = "http://127.0.0.1:9/never";
+pub(crate) const NOWHERE: &str = "http://127.0.0.1:9/never";
 
 pub struct Opts {
     pub fluxcb_bin: PathBuf,
@@ -90,7 +90,7 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn fill(run: &mut Run, result: &LoadResult, items_per_request: u64, cpu: Cpu) {
+pub(crate) fn fill(run: &mut Run, result: &LoadResult, items_per_request: u64, cpu: Cpu) {
     let secs = result.elapsed.as_secs_f64();
     run.requests = result.tally.ok;
     run.items = result.tally.ok * items_per_request;
@@ -149,6 +149,7 @@ async fn timed_closed_loop(
         warmup: o.warmup,
         duration: o.duration,
         budget: None,
+        fresh_connections: false,
     };
     let from = start + o.warmup;
     windowed(
