@@ -84,6 +84,10 @@ pub struct Seen {
     /// Due-to-delivered: payload `t` (when the load generator should have sent the
     /// callback) to its arrival here, µs.
     pub send_to_delivery_us: Mutex<Histogram<u64>>,
+    /// Attempts answered 503 on purpose (see [`Receiver::start_failing`]); not in `count`.
+    pub failed: AtomicU64,
+    /// Attempts so far per `webhook-id`, kept only by a failing receiver.
+    tries: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +110,13 @@ impl Drop for Receiver {
 impl Receiver {
     /// Answers 200 to everything on a loopback port.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_failing(0).await
+    }
+
+    /// Answers 503 to `percent` % of attempts, each attempt of a callback (by `webhook-id`)
+    /// drawn independently but reproducibly (a hash of the id and the attempt's number), and
+    /// 200 to the rest.
+    pub async fn start_failing(percent: u32) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen {
@@ -116,6 +127,8 @@ impl Receiver {
             arrivals: Mutex::new(HashMap::new()),
             measure_from_ns: AtomicU64::new(0),
             send_to_delivery_us: Mutex::new(histogram()),
+            failed: AtomicU64::new(0),
+            tries: Mutex::new(HashMap::new()),
         });
         let shared = seen.clone();
         let task = serve(listener, move |req: Request<Incoming>| {
@@ -130,6 +143,10 @@ impl Receiver {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return empty(StatusCode::BAD_REQUEST),
                 };
+                if percent > 0 && seen.fails(id.as_deref(), percent) {
+                    seen.failed.fetch_add(1, Ordering::Relaxed);
+                    return empty(StatusCode::SERVICE_UNAVAILABLE);
+                }
                 seen.arrived(id, &body, clock::now_ns());
                 empty(StatusCode::OK)
             }
@@ -143,6 +160,24 @@ impl Receiver {
 }
 
 impl Seen {
+    /// Whether this attempt of callback `id` is one to fail (FNV-1a of the id and the
+    /// attempt's number, so a rerun fails the same attempts).
+    fn fails(&self, id: Option<&str>, percent: u32) -> bool {
+        let Some(id) = id else { return false };
+        let attempt = {
+            let mut tries = self.tries.lock().expect("tries poisoned");
+            let n = tries.entry(id.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes().chain(attempt.to_le_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h % 100 < u64::from(percent)
+    }
+
     fn arrived(&self, id: Option<String>, body: &[u8], now: u64) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let _ = self

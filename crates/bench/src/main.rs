@@ -17,6 +17,7 @@
 mod api;
 mod clock;
 mod console;
+mod flaky;
 mod httpd;
 mod legacy;
 mod load;
@@ -37,7 +38,8 @@ use crate::scenarios::{Ceiling, Opts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// ceiling, ingest, ingest-batch, deliver, end-to-end, ordered (and memory with --scale).
+    /// ceiling, ingest, ingest-batch, deliver, flaky-receiver, end-to-end, ordered (and memory
+    /// with --scale).
     All,
     /// The trivial 202 server under the ingest loads: the ratios' denominator.
     Ceiling,
@@ -47,6 +49,8 @@ enum Scenario {
     IngestBatch,
     /// Drain a preloaded backlog to the loopback receiver.
     Deliver,
+    /// The same backlog to a receiver that fails 30% of attempts: the cost of retries.
+    FlakyReceiver,
     /// Open-loop constant rate; accepted-to-delivered latency.
     EndToEnd,
     /// Resident memory and disk with --memory-count callbacks queued.
@@ -216,6 +220,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::Ingest,
                 Scenario::IngestBatch,
                 Scenario::Deliver,
+                Scenario::FlakyReceiver,
                 Scenario::EndToEnd,
                 Scenario::Ordered,
                 Scenario::Memory,
@@ -225,6 +230,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::Ingest,
                 Scenario::IngestBatch,
                 Scenario::Deliver,
+                Scenario::FlakyReceiver,
                 Scenario::EndToEnd,
                 Scenario::Ordered,
             ],
@@ -317,6 +323,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     }
                     rows
                 }
+                Scenario::FlakyReceiver => vec![flaky::flaky_receiver(&opts, rep).await?],
                 Scenario::EndToEnd => vec![scenarios::end_to_end(&opts, rep).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
                 Scenario::Ordered => {
@@ -359,6 +366,13 @@ async fn run(cli: &Cli) -> Result<(), String> {
 
 /// Table order: by scenario, then server (ceiling before fluxcb), then repetition.
 fn rank(name: &str) -> usize {
-    let order = ["ingest", "ingest-batch", "deliver", "end-to-end", "memory"];
+    let order = [
+        "ingest",
+        "ingest-batch",
+        "deliver",
+        "flaky-receiver",
+        "end-to-end",
+        "memory",
+    ];
     order.iter().position(|n| *n == name).unwrap_or(order.len())
 }

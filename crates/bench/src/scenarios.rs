@@ -51,7 +51,7 @@ pub(crate) struct Snapshot {
     server: procs::ProcSample,
     bench_cpu: f64,
     machine_cpu: f64,
-    at: Instant,
+    pub(crate) at: Instant,
 }
 
 pub(crate) fn snapshot(pid: u32) -> Snapshot {
