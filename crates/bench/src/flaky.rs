@@ -20,7 +20,7 @@ const RETRY_SCHEDULE: &str = "20ms,40ms,80ms,160ms,320ms,640ms,1s,1s,1s,1s";
 
 pub async fn flaky_receiver(o: &Opts, rep: usize) -> Result<Run, String> {
     let count = o.deliver_count;
-    let receiver = Receiver::start_failing(FAIL_PERCENT)
+    let receiver = Receiver::start_with(FAIL_PERCENT, Duration::ZERO)
         .await
         .map_err(|e| e.to_string())?;
     let mut env = o.server_env.clone();

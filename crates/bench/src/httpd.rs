@@ -110,13 +110,13 @@ impl Drop for Receiver {
 impl Receiver {
     /// Answers 200 to everything on a loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        Self::start_failing(0).await
+        Self::start_with(0, std::time::Duration::ZERO).await
     }
 
     /// Answers 503 to `percent` % of attempts, each attempt of a callback (by `webhook-id`)
     /// drawn independently but reproducibly (a hash of the id and the attempt's number), and
-    /// 200 to the rest.
-    pub async fn start_failing(percent: u32) -> std::io::Result<Self> {
+    /// 200 to the rest, each after `delay`.
+    pub async fn start_with(percent: u32, delay: std::time::Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen {
@@ -143,6 +143,9 @@ impl Receiver {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return empty(StatusCode::BAD_REQUEST),
                 };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 if percent > 0 && seen.fails(id.as_deref(), percent) {
                     seen.failed.fetch_add(1, Ordering::Relaxed);
                     return empty(StatusCode::SERVICE_UNAVAILABLE);

@@ -17,6 +17,7 @@
 mod api;
 mod clock;
 mod console;
+mod e2e;
 mod flaky;
 mod httpd;
 mod legacy;
@@ -38,8 +39,8 @@ use crate::scenarios::{Ceiling, Opts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// ceiling, ingest, ingest-batch, deliver, flaky-receiver, end-to-end, ordered (and memory
-    /// with --scale).
+    /// ceiling, ingest, ingest-batch, deliver, flaky-receiver, end-to-end, slow-receiver,
+    /// ordered (and memory with --scale).
     All,
     /// The trivial 202 server under the ingest loads: the ratios' denominator.
     Ceiling,
@@ -53,6 +54,8 @@ enum Scenario {
     FlakyReceiver,
     /// Open-loop constant rate; accepted-to-delivered latency.
     EndToEnd,
+    /// end-to-end with a second destination answering in 5 s beside it.
+    SlowReceiver,
     /// Resident memory and disk with --memory-count callbacks queued.
     Memory,
     /// The console's pages and data calls with --console-count callbacks stored (runs alone).
@@ -222,6 +225,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::Deliver,
                 Scenario::FlakyReceiver,
                 Scenario::EndToEnd,
+                Scenario::SlowReceiver,
                 Scenario::Ordered,
                 Scenario::Memory,
             ],
@@ -232,6 +236,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::Deliver,
                 Scenario::FlakyReceiver,
                 Scenario::EndToEnd,
+                Scenario::SlowReceiver,
                 Scenario::Ordered,
             ],
             other => std::slice::from_ref(other),
@@ -298,6 +303,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let mut runs: Vec<Run> = Vec::new();
     for rep in 1..=cli.repeat.max(1) {
         let mut ceiling: Option<Ceiling> = None;
+        let mut e2e_p99: Option<f64> = None;
         for scenario in &plan {
             eprintln!("== {scenario:?} (repetition {rep}) ...");
             let produced = match scenario {
@@ -324,7 +330,12 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     rows
                 }
                 Scenario::FlakyReceiver => vec![flaky::flaky_receiver(&opts, rep).await?],
-                Scenario::EndToEnd => vec![scenarios::end_to_end(&opts, rep).await?],
+                Scenario::EndToEnd => {
+                    let run = e2e::end_to_end(&opts, rep).await?;
+                    e2e_p99 = run.latency.as_ref().map(|p| p.p99_ms);
+                    vec![run]
+                }
+                Scenario::SlowReceiver => vec![e2e::slow_receiver(&opts, rep, e2e_p99).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
                 Scenario::Ordered => {
                     vec![ordered::ordered(&opts, rep, ordered::KEYS, ordered::PER_KEY).await?]
@@ -372,6 +383,7 @@ fn rank(name: &str) -> usize {
         "deliver",
         "flaky-receiver",
         "end-to-end",
+        "slow-receiver",
         "memory",
     ];
     order.iter().position(|n| *n == name).unwrap_or(order.len())

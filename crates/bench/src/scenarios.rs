@@ -1,20 +1,19 @@
 //! The scenarios. Each starts what it needs (a fresh fluxcb on an empty data directory, the
 //! receiver, or the trivial server), measures, stops it all, and returns its rows.
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::api::{self, Api};
 use crate::clock;
 use crate::httpd::Receiver;
-use crate::load::{self, ClosedLoop, LoadResult, OpenLoop};
+use crate::load::{self, ClosedLoop, LoadResult};
 use crate::procs::{self, Proc};
 use crate::report::{Cpu, Goal, Percentiles, Run};
 
@@ -75,7 +74,12 @@ pub(crate) fn cpu_between(a: &Snapshot, b: &Snapshot) -> Cpu {
 }
 
 /// Runs `fut` and reads the CPU counters at `from` and `until`, the measured window.
-async fn windowed<F: Future>(pid: u32, from: Instant, until: Instant, fut: F) -> (F::Output, Cpu) {
+pub(crate) async fn windowed<F: Future>(
+    pid: u32,
+    from: Instant,
+    until: Instant,
+    fut: F,
+) -> (F::Output, Cpu) {
     let sampler = async {
         tokio::time::sleep_until(from.into()).await;
         let a = snapshot(pid);
@@ -391,136 +395,6 @@ pub async fn deliver(o: &Opts, rep: usize, ceiling: Option<&Ceiling>) -> Result<
         text: ">= 10,000 deliveries/s, every attempt recorded".into(),
         met: run.throughput >= 10_000.0 && recorded,
     });
-    finish(&mut run, server).await;
-    Ok(run)
-}
-
-pub async fn end_to_end(o: &Opts, rep: usize) -> Result<Run, String> {
-    let receiver = Receiver::start().await.map_err(|e| e.to_string())?;
-    let server = procs::start_fluxcb(&o.fluxcb_bin, &o.server_env).await?;
-    let cfg = OpenLoop {
-        rate: o.rate,
-        start: Instant::now() + Duration::from_millis(50),
-        warmup: o.warmup,
-        duration: o.e2e_duration,
-        max_connections: o.e2e_connections,
-    };
-    let first_measured = cfg.first_measured();
-    let from = cfg.intended(first_measured);
-    receiver
-        .seen
-        .measure_from_ns
-        .store(clock::ns_of(from), Ordering::Relaxed);
-    let accepted: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let on_response: load::OnResponse = {
-        let accepted = accepted.clone();
-        Arc::new(move |index, status, body, done_ns| {
-            if index < first_measured || !status.is_success() {
-                return;
-            }
-            if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                if let Some(id) = v["id"].as_str() {
-                    accepted
-                        .lock()
-                        .expect("accepted poisoned")
-                        .insert(id.to_owned(), done_ns);
-                }
-            }
-        })
-    };
-    let url = receiver.url("/e2e");
-    let pad = "x".repeat(o.payload_bytes);
-    let auth = api::auth();
-    let addr = server.addr;
-    let make: load::MakeRequest = Arc::new(move |index, due_ns| {
-        let cb = api::callback(&url, None, json!({ "t": due_ns, "seq": index, "pad": pad }));
-        let body = Bytes::from(serde_json::to_vec(&cb).expect("JSON"));
-        load::request(Method::POST, addr, "/v1/callbacks", Some(&auth), body)
-    });
-    let until = from + o.e2e_duration;
-    let (result, cpu) = windowed(
-        server.pid,
-        from,
-        until,
-        load::open_loop(addr, cfg.clone(), make, Some(on_response)),
-    )
-    .await;
-    // Give the last callbacks time to arrive; anything not there after this is counted.
-    let wait_until = Instant::now() + Duration::from_secs(30);
-    let expected: Vec<(String, u64)> = accepted
-        .lock()
-        .expect("accepted poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    loop {
-        let missing = {
-            let arrivals = receiver.seen.arrivals.lock().expect("arrivals poisoned");
-            expected
-                .iter()
-                .filter(|(id, _)| !arrivals.contains_key(id))
-                .count()
-        };
-        if missing == 0 || Instant::now() > wait_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut acc_to_del = load::histogram();
-    let (mut missing, mut before_202) = (0u64, 0u64);
-    {
-        let arrivals = receiver.seen.arrivals.lock().expect("arrivals poisoned");
-        for (id, acc) in &expected {
-            match arrivals.get(id) {
-                Some(arr) => {
-                    if arr < acc {
-                        // The dispatcher is woken at commit, before the 202 is written back.
-                        before_202 += 1;
-                    }
-                    let _ = acc_to_del.record((arr.saturating_sub(*acc) / 1000).max(1));
-                }
-                None => missing += 1,
-            }
-        }
-    }
-    let mut run = Run::new("end-to-end", "fluxcb", rep, "callbacks/s");
-    fill(&mut run, &result, 1, cpu);
-    run.latency = Percentiles::of(&acc_to_del);
-    run.latency_name =
-        "accepted (202 received by the client) -> delivered (request arrived at the receiver)"
-            .into();
-    if let Some(p) = Percentiles::of(&result.tally.latency_us) {
-        run.other_latencies
-            .insert("ingest: due -> 202 (open loop)".into(), p);
-    }
-    let due_to_delivered = receiver
-        .seen
-        .send_to_delivery_us
-        .lock()
-        .expect("histogram poisoned")
-        .clone();
-    if let Some(p) = Percentiles::of(&due_to_delivered) {
-        run.other_latencies
-            .insert("due (intended send) -> delivered".into(), p);
-    }
-    run.errors += missing;
-    run.fact("offered_rate_per_s", o.rate);
-    run.fact("accepted_in_window", expected.len());
-    run.fact("not_delivered_within_30s", missing);
-    run.fact("delivered_before_client_saw_202", before_202);
-    run.fact(
-        "duplicates_received",
-        receiver.seen.duplicates.load(Ordering::Relaxed),
-    );
-    run.fact("max_connections", o.e2e_connections);
-    let p99 = run.latency.as_ref().map_or(f64::INFINITY, |p| p.p99_ms);
-    let achieved = run.throughput >= 0.99 * o.rate;
-    if (o.rate - 1000.0).abs() < 1.0 {
-        run.goal = Some(Goal {
-            text: "accepted->delivered p99 < 25 ms at 1,000 callbacks/s".into(),
-            met: p99 < 25.0 && run.errors == 0 && achieved,
-        });
-    }
     finish(&mut run, server).await;
     Ok(run)
 }
