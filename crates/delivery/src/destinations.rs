@@ -84,6 +84,12 @@ struct State {
     /// Number of times the breaker has opened without a success since.
     openings: u32,
     probing: bool,
+    /// While at the concurrency limit: when the last attempt ended, and the smoothed time
+    /// between ends (how often a slot frees up).
+    last_finish: Option<Instant>,
+    finish_gap: Option<Duration>,
+    /// The turn promised to the last callback turned away at the concurrency limit.
+    busy_promised_until: Option<Instant>,
 }
 
 /// What an attempt says about the destination's health.
@@ -129,6 +135,9 @@ impl State {
             open_until: None,
             openings: 0,
             probing: false,
+            last_finish: None,
+            finish_gap: None,
+            busy_promised_until: None,
         }
     }
 
@@ -138,8 +147,13 @@ impl State {
             && self.open_until.is_none()
             && self.next_slot.is_none_or(|t| t <= now)
             && self.promised_until.is_none_or(|t| t <= now)
+            && self.busy_promised_until.is_none_or(|t| t <= now)
     }
 }
+
+/// Bounds on the spacing of callbacks turned away at a destination's concurrency limit.
+const MIN_BUSY_SPACING: Duration = Duration::from_micros(10);
+const MAX_BUSY_SPACING: Duration = Duration::from_secs(60);
 
 pub struct Destinations {
     limits: DestinationLimits,
@@ -241,7 +255,21 @@ impl Destinations {
             }
         }
         if st.in_flight >= limits.max_in_flight {
-            return Err(now + self.limits.busy_retry);
+            // A slot frees about every `finish_gap`: each callback turned away takes the next
+            // such turn, up to about one attempt's duration ahead (every slot turned over), so
+            // a backlog behind a slow destination comes back spread over the time it takes to
+            // serve, not all at once. All at once, it would be claimed and turned away again
+            // and again, crowding every other destination's callbacks out of the claims.
+            let slots = limits.max_in_flight.max(1) as u32;
+            let spacing = st
+                .finish_gap
+                .unwrap_or(self.limits.busy_retry / slots)
+                .clamp(MIN_BUSY_SPACING, MAX_BUSY_SPACING);
+            let horizon = now + (spacing * slots).max(self.limits.busy_retry);
+            let turn =
+                (st.busy_promised_until.filter(|t| *t > now).unwrap_or(now) + spacing).min(horizon);
+            st.busy_promised_until = Some(turn);
+            return Err(turn);
         }
         if let Some(rate) = limits.rate_per_second {
             let interval = Duration::from_secs_f64(1.0 / rate);
@@ -268,6 +296,19 @@ impl Destinations {
         let mut states = self.states.lock().expect("destinations poisoned");
         let st = states.get_mut(key)?;
         let mut change = None;
+        if st.in_flight >= st.limits.max_in_flight {
+            if let Some(previous) = st.last_finish {
+                let gap = now.saturating_duration_since(previous);
+                st.finish_gap = Some(match st.finish_gap {
+                    Some(g) => g.mul_f64(0.8) + gap.mul_f64(0.2),
+                    None => gap,
+                });
+            }
+            st.last_finish = Some(now);
+        } else {
+            // Below the limit nobody waits for a slot: gaps measured now would mislead.
+            st.last_finish = None;
+        }
         st.in_flight = st.in_flight.saturating_sub(1);
         let was_probe = std::mem::take(&mut st.probing);
         match verdict {
@@ -369,6 +410,46 @@ mod tests {
         assert!(d.try_enter(dest(), &d.limits.entry(), now).is_err());
         d.finish(dest(), Verdict::Healthy, now);
         assert!(d.try_enter(dest(), &d.limits.entry(), now).is_ok());
+    }
+
+    /// Callbacks turned away at the limit get turns one freed slot apart (up to one round of
+    /// the slots ahead), so a backlog behind a slow destination comes back spread out, not all
+    /// at once.
+    #[test]
+    fn turned_away_callbacks_come_back_one_freed_slot_apart() {
+        let d = Destinations::new(DestinationLimits {
+            max_in_flight: 2,
+            ..Default::default()
+        });
+        let limits = d.limits.entry();
+        let t0 = Instant::now();
+        // Nothing measured yet: the spacing is the busy wait shared by the slots.
+        assert!(d.try_enter(dest(), &limits, t0).is_ok());
+        assert!(d.try_enter(dest(), &limits, t0).is_ok());
+        assert_eq!(
+            d.try_enter(dest(), &limits, t0).unwrap_err() - t0,
+            Duration::from_millis(50)
+        );
+        // At the limit, a slot frees every 500 ms (a slow receiver) and is taken at once.
+        for i in 1..=4u64 {
+            let at = t0 + Duration::from_millis(500 * i);
+            d.finish(dest(), Verdict::Healthy, at);
+            assert!(d.try_enter(dest(), &limits, at).is_ok());
+        }
+        let now = t0 + Duration::from_millis(2_000);
+        // ... at most one round of the slots ahead (2 × 500 ms).
+        for (k, turn_ms) in [500u64, 1_000, 1_000].into_iter().enumerate() {
+            let wait = d.try_enter(dest(), &limits, now).unwrap_err() - now;
+            let expected = Duration::from_millis(turn_ms);
+            assert!(
+                wait.abs_diff(expected) < Duration::from_millis(1),
+                "turn {}: {wait:?}",
+                k + 1
+            );
+        }
+        // Below the limit, nobody waits.
+        d.finish(dest(), Verdict::Healthy, now);
+        assert!(d.try_enter(dest(), &limits, now).is_ok());
     }
 
     #[test]

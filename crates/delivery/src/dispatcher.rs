@@ -137,10 +137,12 @@ impl Dispatcher {
                     };
                     if started == 0 {
                         // Everything claimed was deferred: wait for a slot to free up rather
-                        // than claim the same backlog again at once.
+                        // than claim the same backlog again at once; but not past new work (a
+                        // callback for another destination must not wait behind a busy one).
                         tokio::select! {
                             _ = tasks.join_next(), if !tasks.is_empty() => {}
                             _ = tokio::time::sleep(self.config.busy_pause) => {}
+                            _ = self.wake.notified() => {}
                             _ = shutdown.cancelled() => {}
                         }
                     }
