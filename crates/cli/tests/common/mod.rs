@@ -66,12 +66,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 /// The app on `backend`, or `None` when that backend cannot run here (the AWS emulator is
 /// missing outside CI; [`aws::endpoint`] says so loudly).
 pub async fn spawn_on(backend: Backend, customize: impl FnOnce(&mut Config)) -> Option<TestApp> {
-    // `FLUXCB_TEST_LOG=<filter>` shows the in-process apps' logs (on stderr, with `--nocapture`).
+    // `FLUXCB_TEST_LOG=<filter>`: the in-process apps' logs on stderr.
     if let Ok(filter) = std::env::var("FLUXCB_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
+        let filter = tracing_subscriber::EnvFilter::new(filter);
+        let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
+        let _ = fmt.with_env_filter(filter).try_init();
     }
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(data_dir.path());
