@@ -15,6 +15,7 @@
 //! running this binary with `--serve-202`). The load generator shares the machine's cores with
 //! all of them, as the goals require. See docs/benchmarks.md for how to read the output.
 mod api;
+mod backlog;
 mod clock;
 mod console;
 mod e2e;
@@ -40,7 +41,7 @@ use crate::scenarios::{Ceiling, Opts};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// ceiling, ingest, ingest-batch, deliver, flaky-receiver, end-to-end, slow-receiver,
-    /// ordered (and memory with --scale).
+    /// ordered (and memory and backlog with --scale).
     All,
     /// The trivial 202 server under the ingest loads: the ratios' denominator.
     Ceiling,
@@ -58,6 +59,9 @@ enum Scenario {
     SlowReceiver,
     /// Resident memory and disk with --memory-count callbacks queued.
     Memory,
+    /// --backlog-count callbacks held: memory, disk per callback, ingest and delivery beside
+    /// them, and restart time.
+    Backlog,
     /// The console's pages and data calls with --console-count callbacks stored (runs alone).
     Console,
     /// 1,000 ordering keys × 100 callbacks, 10% of first attempts failing: throughput, and
@@ -122,13 +126,16 @@ struct Cli {
     /// Callbacks queued by `memory`.
     #[arg(long, default_value_t = 1_000_000)]
     memory_count: u64,
+    /// Callbacks held by `backlog` (10,000,000 for issue 6's figures).
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog_count: u64,
     /// Callbacks stored by `console` (direct SQLite inserts).
     #[arg(long, default_value_t = 1_000_000)]
     console_count: u64,
     /// Timed repetitions of each request in `console`.
     #[arg(long, default_value_t = 20)]
     console_runs: usize,
-    /// With `all`: also run `memory` (takes a minute or more).
+    /// With `all`: also run `memory` and `backlog` (a few minutes).
     #[arg(long)]
     scale: bool,
     /// Extra environment for fluxcb, e.g. FLUXCB_DESTINATION_MAX_IN_FLIGHT=256 (repeatable).
@@ -228,6 +235,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
                 Scenario::SlowReceiver,
                 Scenario::Ordered,
                 Scenario::Memory,
+                Scenario::Backlog,
             ],
             Scenario::All => &[
                 Scenario::Ceiling,
@@ -337,6 +345,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 }
                 Scenario::SlowReceiver => vec![e2e::slow_receiver(&opts, rep, e2e_p99).await?],
                 Scenario::Memory => vec![scenarios::memory_scenario(&opts, rep).await?],
+                Scenario::Backlog => {
+                    vec![backlog::backlog(&opts, rep, cli.backlog_count.max(1)).await?]
+                }
                 Scenario::Ordered => {
                     vec![ordered::ordered(&opts, rep, ordered::KEYS, ordered::PER_KEY).await?]
                 }
@@ -385,6 +396,7 @@ fn rank(name: &str) -> usize {
         "end-to-end",
         "slow-receiver",
         "memory",
+        "backlog",
     ];
     order.iter().position(|n| *n == name).unwrap_or(order.len())
 }

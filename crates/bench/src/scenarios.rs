@@ -124,7 +124,7 @@ fn memory(run: &mut Run, pid: u32) {
     run.server_peak_rss_mb = mb(s.hwm_kb);
 }
 
-fn single_body(o: &Opts, url: &str, deliver_at: Option<&str>) -> Bytes {
+pub(crate) fn single_body(o: &Opts, url: &str, deliver_at: Option<&str>) -> Bytes {
     let cb = api::callback(url, deliver_at, api::padded_payload(o.payload_bytes));
     Bytes::from(serde_json::to_vec(&cb).expect("JSON"))
 }
