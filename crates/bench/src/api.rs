@@ -139,6 +139,21 @@ impl Api {
         }
     }
 
+    /// Waits until no callback is scheduled, pending or delivering (every attempt's outcome is
+    /// in the store), or until `limit`.
+    pub async fn wait_settled(&mut self, limit: Instant) -> Result<(), String> {
+        loop {
+            let mut open = false;
+            for status in ["scheduled", "pending", "delivering"] {
+                open |= self.any_in(status).await?;
+            }
+            if !open || Instant::now() > limit {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The first `n` callback ids in `status`.
     pub async fn ids(&mut self, status: &str, n: usize) -> Result<Vec<String>, String> {
         let page = self

@@ -61,16 +61,7 @@ pub async fn flaky_receiver(o: &Opts, rep: usize) -> Result<Run, String> {
     while receiver.seen.count() < count && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    loop {
-        let mut open = false;
-        for status in ["scheduled", "pending", "delivering"] {
-            open |= api.any_in(status).await?;
-        }
-        if !open || Instant::now() > limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    api.wait_settled(limit).await?;
     let b = snapshot(server.pid);
     let seconds = (b.at - due).as_secs_f64();
     let (delivered, first_try) = api.census("delivered").await?;

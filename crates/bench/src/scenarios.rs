@@ -333,16 +333,7 @@ pub async fn deliver(o: &Opts, rep: usize, ceiling: Option<&Ceiling>) -> Result<
     // Seen by the receiver is not yet recorded: wait until the API has no callback left in a
     // non-final state, i.e. every attempt's outcome is in the store.
     let mut api = Api::new(server.addr);
-    loop {
-        let mut open = false;
-        for status in ["scheduled", "pending", "delivering"] {
-            open |= api.any_in(status).await?;
-        }
-        if !open || Instant::now() > limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    api.wait_settled(limit).await?;
     let b = snapshot(server.pid);
     let recorded_s = (b.at - due).as_secs_f64();
     let seen = &receiver.seen;
