@@ -456,6 +456,12 @@ pub fn validate_url(raw: &str) -> Result<Url, String> {
         return Err(format!("URL is longer than {MAX_URL_LEN} characters"));
     }
     let url = Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    // Percent-encoding can triple a URL's length, and the stored, sent form is the normalised one.
+    if url.as_str().len() > MAX_URL_LEN {
+        return Err(format!(
+            "URL is longer than {MAX_URL_LEN} characters once percent-encoded"
+        ));
+    }
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err("only http and https URLs can be called".to_owned());
     }
