@@ -21,11 +21,12 @@ use fluxcb_delivery::routes::DestinationRoutes;
 use fluxcb_delivery::secrets::SecretCache;
 use fluxcb_delivery::send_now::ImmediateDelivery;
 use fluxcb_delivery::sender::{HttpSender, SenderConfig};
+use fluxcb_delivery::wake::DispatcherWake;
 use fluxcb_http::legacy_api::{LegacyUpstream, MigrationControl};
 use fluxcb_http::{ApiLimits, AppParts, AppState};
 use fluxcb_store_sqlite::{DataDirLock, SqliteStore};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Settings};
@@ -92,12 +93,17 @@ fn destination_health(
 }
 
 /// The embedded store is its own queue: a notification only wakes the dispatcher early.
-struct WakeDispatcher(Arc<Notify>);
+struct WakeDispatcher(Arc<DispatcherWake>);
 
 #[async_trait::async_trait]
 impl Queue for WakeDispatcher {
-    async fn notify(&self, _due: &[Due]) -> Result<(), StoreError> {
-        self.0.notify_one();
+    async fn notify(&self, due: &[Due]) -> Result<(), StoreError> {
+        // No ids: something made work due now that the caller cannot name (a released key).
+        if due.is_empty() {
+            self.0.now();
+        } else {
+            self.0.work_due(due.iter().map(|d| d.at));
+        }
         Ok(())
     }
 }
@@ -290,7 +296,7 @@ impl App {
         ensure_signing_secret(&store, settings).await?;
 
         let sender = http_sender(settings)?;
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(DispatcherWake::default());
         let store_arc = Arc::new(store.clone());
         let limits = DestinationLimits {
             max_in_flight: settings.destination_max_in_flight,

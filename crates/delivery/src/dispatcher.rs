@@ -20,7 +20,7 @@ use fluxcb_core::notify::FollowUpSettings;
 use fluxcb_core::ports::{Clock, PolledStore, Sender};
 use fluxcb_core::retry::RetryPolicy;
 use fluxcb_core::retry::{DeadLetterReason, Decision};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ use crate::destinations::{Destinations, Verdict};
 use crate::ops_events::{write_ready, OpsEvents};
 use crate::routes::{DestinationRoutes, Route};
 use crate::secrets::SecretCache;
+use crate::wake::DispatcherWake;
 
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
@@ -87,7 +88,7 @@ pub struct DeliveryParts {
 pub struct Dispatcher {
     parts: Arc<DeliveryParts>,
     config: DispatcherConfig,
-    wake: Arc<Notify>,
+    wake: Arc<DispatcherWake>,
     /// Claimed callbacks to hand back whose deferral could not be written (a full disk, say):
     /// written at the next round rather than left leased until their lease runs out.
     unwritten_deferrals:
@@ -95,7 +96,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(parts: Arc<DeliveryParts>, config: DispatcherConfig, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        parts: Arc<DeliveryParts>,
+        config: DispatcherConfig,
+        wake: Arc<DispatcherWake>,
+    ) -> Self {
         Self {
             parts,
             config,
@@ -135,7 +140,9 @@ impl Dispatcher {
                     } else {
                         (claim_size * 2).min(self.config.claim_batch as usize)
                     };
-                    if started == 0 {
+                    let pause_until = self.parts.clock.now()
+                        + chrono::Duration::from_std(self.config.busy_pause).unwrap_or_default();
+                    if started == 0 && self.wake.going_to_sleep(pause_until) {
                         // Everything claimed was deferred: wait for a slot to free up rather
                         // than claim the same backlog again at once; but not past new work (a
                         // callback for another destination must not wait behind a busy one).
@@ -145,6 +152,7 @@ impl Dispatcher {
                             _ = self.wake.notified() => {}
                             _ = shutdown.cancelled() => {}
                         }
+                        self.wake.awake();
                     }
                 }
                 Err(e) => {
@@ -231,7 +239,7 @@ impl Dispatcher {
                             // Its end may have made the next of its key due, or a notification:
                             // look now rather than at the next poll.
                             if callback.spec.ordering_key.is_some() || made_follow_ups {
-                                wake.notify_one();
+                                wake.now();
                             }
                         });
                     }
@@ -278,7 +286,7 @@ impl Dispatcher {
                 .await
                 .is_empty()
             {
-                self.wake.notify_one();
+                self.wake.now();
             }
         }
     }
@@ -290,11 +298,16 @@ impl Dispatcher {
             let until_next = (next - p.clock.now()).to_std().unwrap_or(Duration::ZERO);
             wait = wait.min(until_next.max(Duration::from_millis(1)));
         }
+        let until = p.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        if !self.wake.going_to_sleep(until) {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = self.wake.notified() => {}
             _ = shutdown.cancelled() => {}
         }
+        self.wake.awake();
     }
 }
 

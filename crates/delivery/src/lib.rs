@@ -8,6 +8,7 @@
 //!   limits key, secrets and TLS client.
 //! - [`dispatcher`]: claims due callbacks tenant by tenant and runs the engine's one-step
 //!   delivery for each, under a global in-flight cap.
+//! - [`wake`]: wakes the dispatcher for new work due before it would look anyway.
 //! - [`ops_events`]: the breaker's events for the operational event stream, debounced.
 //! - [`maintenance`]: lease recovery and retention.
 //! - [`secrets`]: a short-lived cache of each tenant's signing secrets.
@@ -22,3 +23,4 @@ pub mod routes;
 pub mod secrets;
 pub mod send_now;
 pub mod sender;
+pub mod wake;
