@@ -53,11 +53,16 @@ async fn in_request_span(request: Request, next: Next) -> Response {
         let _ = span.set_parent(caller);
     }
     let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    // Signed: OTLP has no unsigned integers, and unsigned values are exported as strings.
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
+    // Only an exported span can show the status: the request's log lines were all written
+    // before it existed. Recording it anyway re-formats the span's fields for the log layer,
+    // ~3 % of the server's CPU under ingest.
+    if super::exporting() {
+        let status = response.status();
+        // Signed: OTLP has no unsigned integers, and unsigned values are exported as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
     }
     response
 }
