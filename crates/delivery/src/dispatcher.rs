@@ -140,19 +140,19 @@ impl Dispatcher {
                     } else {
                         (claim_size * 2).min(self.config.claim_batch as usize)
                     };
-                    let pause_until = self.parts.clock.now()
-                        + chrono::Duration::from_std(self.config.busy_pause).unwrap_or_default();
-                    if started == 0 && self.wake.going_to_sleep(pause_until) {
+                    if started == 0 {
                         // Everything claimed was deferred: wait for a slot to free up rather
                         // than claim the same backlog again at once; but not past new work (a
                         // callback for another destination must not wait behind a busy one).
+                        let until = self.parts.clock.now()
+                            + chrono::Duration::from_std(self.config.busy_pause)
+                                .unwrap_or_default();
                         tokio::select! {
                             _ = tasks.join_next(), if !tasks.is_empty() => {}
                             _ = tokio::time::sleep(self.config.busy_pause) => {}
-                            _ = self.wake.notified() => {}
+                            _ = self.wake.work_before(until) => {}
                             _ = shutdown.cancelled() => {}
                         }
-                        self.wake.awake();
                     }
                 }
                 Err(e) => {
@@ -299,15 +299,11 @@ impl Dispatcher {
             wait = wait.min(until_next.max(Duration::from_millis(1)));
         }
         let until = p.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
-        if !self.wake.going_to_sleep(until) {
-            return;
-        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = self.wake.notified() => {}
+            _ = self.wake.work_before(until) => {}
             _ = shutdown.cancelled() => {}
         }
-        self.wake.awake();
     }
 }
 

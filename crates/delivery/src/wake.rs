@@ -4,29 +4,28 @@
 //! Under steady ingest of callbacks due later (scheduled ones, or anything while the loop is
 //! idle), waking on every accepted callback made the dispatcher run a round (two store reads on
 //! the blocking pool) per request for nothing: about 15 % of the server's CPU in the `ingest`
-//! benchmark. The dispatcher publishes when its sleep ends; a notification for callbacks all
-//! due at or after that is dropped, because the loop looks at that time anyway.
+//! benchmark. Now a report still wakes the loop's task, but the loop only runs a round for work
+//! due before its sleep would end anyway.
+//!
+//! (A first version also kept the wake-up itself from a sleeping loop by publishing the sleep's
+//! end for the reporter to compare; it lost wake-ups somewhere and left callbacks waiting up to
+//! a poll interval: p99 115 ms in `fluxcb-bench end-to-end`. This one checks on the loop's side,
+//! after the wake-up, so no interleaving can lose a report.)
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-/// `looks_at_ms` while the loop runs: it will look at the store again before it sleeps.
-const AWAKE: i64 = i64::MAX;
 /// `pending_ms` with nothing reported.
 const NOTHING: i64 = i64::MAX;
 
-/// Reports go two ways so that a busy loop is not woken over and over: while the loop runs,
-/// the earliest reported due time is only recorded, and the loop checks it as it goes to
-/// sleep; while it sleeps, a report due before the end of its sleep wakes it. Both sides write
-/// their own atomic and then read the other's (sequentially consistent), so a report racing
-/// the loop's going to sleep is seen by at least one of them.
+/// Every report wakes the loop's task (cheap: no store access); the sleeping loop itself drops
+/// reports of work due after its sleep ends and sleeps on. A report is recorded before the
+/// wake-up, so the loop always sees it: nothing is lost to a race with going to sleep.
 #[derive(Debug)]
 pub struct DispatcherWake {
     notify: Notify,
-    /// Unix milliseconds at which the sleeping loop looks again, or [`AWAKE`].
-    looks_at_ms: AtomicI64,
-    /// The earliest due time reported since the loop last went to sleep.
+    /// The earliest due time (Unix milliseconds) reported since the loop last checked.
     pending_ms: AtomicI64,
 }
 
@@ -34,7 +33,6 @@ impl Default for DispatcherWake {
     fn default() -> Self {
         Self {
             notify: Notify::new(),
-            looks_at_ms: AtomicI64::new(AWAKE),
             pending_ms: AtomicI64::new(NOTHING),
         }
     }
@@ -47,37 +45,25 @@ impl DispatcherWake {
             return;
         };
         self.pending_ms.fetch_min(earliest, Ordering::SeqCst);
-        let looks_at = self.looks_at_ms.load(Ordering::SeqCst);
-        if looks_at != AWAKE && earliest < looks_at {
-            self.notify.notify_one();
-        }
+        self.notify.notify_one();
     }
 
     /// Wakes the loop whatever it planned (its own deliveries made work).
     pub fn now(&self) {
+        self.pending_ms.store(i64::MIN, Ordering::SeqCst);
         self.notify.notify_one();
     }
 
-    /// The loop means to sleep until `until` (on its clock), having looked at the store since
-    /// it last woke. False when work reported meanwhile is due before then: look again instead.
-    pub(crate) fn going_to_sleep(&self, until: DateTime<Utc>) -> bool {
+    /// Resolves when work is reported due before `until` (on the loop's clock). Reports of
+    /// later work are dropped: the loop looks at the store at `until` anyway. Cancel-safe.
+    pub(crate) async fn work_before(&self, until: DateTime<Utc>) {
         let until = until.timestamp_millis();
-        self.looks_at_ms.store(until, Ordering::SeqCst);
-        let pending = self.pending_ms.swap(NOTHING, Ordering::SeqCst);
-        if pending < until {
-            self.looks_at_ms.store(AWAKE, Ordering::SeqCst);
-            return false;
+        loop {
+            self.notify.notified().await;
+            if self.pending_ms.swap(NOTHING, Ordering::SeqCst) < until {
+                return;
+            }
         }
-        true
-    }
-
-    /// The loop woke (or decided not to sleep).
-    pub(crate) fn awake(&self) {
-        self.looks_at_ms.store(AWAKE, Ordering::SeqCst);
-    }
-
-    pub(crate) async fn notified(&self) {
-        self.notify.notified().await;
     }
 }
 
@@ -87,8 +73,8 @@ mod tests {
 
     use super::*;
 
-    async fn woken(wake: &DispatcherWake) -> bool {
-        tokio::time::timeout(Duration::from_millis(20), wake.notified())
+    async fn woken(wake: &DispatcherWake, until: DateTime<Utc>) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), wake.work_before(until))
             .await
             .is_ok()
     }
@@ -98,44 +84,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sleeping_loop_is_woken_only_by_work_due_before_it_looks() {
+    async fn only_work_due_before_the_sleep_ends_wakes_the_loop() {
         let wake = DispatcherWake::default();
-        assert!(wake.going_to_sleep(in_ms(500)));
-
         wake.work_due([in_ms(30 * 86_400_000)]);
         assert!(
-            !woken(&wake).await,
+            !woken(&wake, in_ms(500)).await,
             "a callback due in 30 days woke the loop"
         );
 
         wake.work_due([in_ms(30 * 86_400_000), in_ms(0)]);
         assert!(
-            woken(&wake).await,
+            woken(&wake, in_ms(500)).await,
             "a callback due now did not wake the loop"
         );
 
         wake.work_due(std::iter::empty());
-        assert!(!woken(&wake).await);
+        assert!(!woken(&wake, in_ms(500)).await);
     }
 
     #[tokio::test]
-    async fn work_reported_while_the_loop_runs_is_checked_as_it_goes_to_sleep() {
+    async fn work_reported_before_the_loop_waits_is_not_lost() {
         let wake = DispatcherWake::default();
-        wake.awake();
-        // Reports while awake never wake it (a loop under steady ingest would never rest)...
-        wake.work_due([in_ms(30 * 86_400_000)]);
+        // Reported while the loop was busy elsewhere (no waiter yet).
         wake.work_due([in_ms(100)]);
-        assert!(!woken(&wake).await);
-        // ...but one due before the planned sleep ends keeps it from sleeping.
         assert!(
-            !wake.going_to_sleep(in_ms(500)),
+            woken(&wake, in_ms(500)).await,
             "work due in 100 ms was slept past"
         );
-        // Reported work is consumed by that check; only later work due earlier matters.
-        wake.work_due([in_ms(30 * 86_400_000)]);
-        assert!(wake.going_to_sleep(in_ms(500)));
-        wake.awake();
+        // Consumed by that wake-up.
+        assert!(!woken(&wake, in_ms(500)).await);
         wake.now();
-        assert!(woken(&wake).await, "now() must always wake");
+        assert!(woken(&wake, in_ms(500)).await, "now() must always wake");
     }
 }
