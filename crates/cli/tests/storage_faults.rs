@@ -276,9 +276,11 @@ async fn a_database_locked_by_another_process_answers_503_and_recovers() {
     acked.extend(ingest(&http, &batch_url, &target, 0).await.unwrap());
 
     // Another process takes the write lock and keeps it longer than the store waits for a
-    // lock (5 s), so writes give up rather than wait it out.
+    // lock (5 s), so writes give up rather than wait it out. Long enough for two waits: a
+    // delivery's write that began just after the lock was taken gives up at 5 s, and an ingest
+    // queued behind it then waits its own 5 s.
     let db = data.join("fluxcb.db");
-    let mut holder = hold_write_lock(&db, Duration::from_secs(8));
+    let mut holder = hold_write_lock(&db, Duration::from_secs(14));
     // Only once the other process says it holds the lock (its start can be slow on a busy
     // machine) does the clock start.
     let stdout = holder.stdout.take().unwrap();
@@ -296,7 +298,9 @@ async fn a_database_locked_by_another_process_answers_503_and_recovers() {
     let mut refusals = Vec::new();
     let started = Instant::now();
     let mut n = 1;
-    while started.elapsed() < Duration::from_secs(6) {
+    while started.elapsed() < Duration::from_secs(6)
+        || (refusals.is_empty() && started.elapsed() < Duration::from_secs(12))
+    {
         n += 1;
         match ingest(&http, &batch_url, &target, n).await {
             Ok(ids) => acked.extend(ids),
