@@ -10,7 +10,7 @@ use crate::httpd::Receiver;
 use crate::load::{self, ClosedLoop};
 use crate::procs::{self, Proc};
 use crate::report::{Goal, Run};
-use crate::scenarios::{cpu_between, single_body, snapshot, windowed, Opts, NOWHERE};
+use crate::scenarios::{preload_held, single_body, windowed, Opts, NOWHERE};
 
 /// Callbacks due at once that are delivered while the backlog is held.
 const DUE_BATCH: u64 = 20_000;
@@ -58,16 +58,7 @@ async fn ingest_probe(o: &Opts, server: &Proc) -> (f64, u64) {
 pub async fn backlog(o: &Opts, rep: usize, count: u64) -> Result<Run, String> {
     let server = procs::start_fluxcb(&o.fluxcb_bin, &o.server_env).await?;
     let (empty_rps, _) = ingest_probe(o, &server).await;
-    let item = api::callback(
-        NOWHERE,
-        Some(&api::rfc3339_in(Duration::from_secs(300 * 24 * 3600))),
-        api::padded_payload(o.payload_bytes),
-    );
-    let a = snapshot(server.pid);
-    let (loaded, preload_s) = api::preload(server.addr, &item, count, 1000, 4).await?;
-    let b = snapshot(server.pid);
-    // Let the store settle (checkpoints, idle dispatcher) before reading memory and disk.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (loaded, preload_s, cpu) = preload_held(o, &server, count).await?;
     let held = procs::sample(server.pid);
     let data = server.data_dir();
     let disk = procs::dir_bytes(&data);
@@ -109,7 +100,7 @@ pub async fn backlog(o: &Opts, rep: usize, count: u64) -> Result<Run, String> {
     run.items = loaded;
     run.seconds = preload_s;
     run.throughput = loaded as f64 / preload_s;
-    run.cpu = cpu_between(&a, &b);
+    run.cpu = cpu;
     run.server_rss_mb = held.rss_kb as f64 / 1024.0;
     run.server_peak_rss_mb = held.hwm_kb as f64 / 1024.0;
     run.errors = probe_errors + DUE_BATCH.saturating_sub(delivered);

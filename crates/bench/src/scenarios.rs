@@ -62,6 +62,26 @@ pub(crate) fn snapshot(pid: u32) -> Snapshot {
     }
 }
 
+/// Preloads `count` callbacks scheduled 300 days ahead (batches of 1,000 over 4 connections) and
+/// lets the store settle (checkpoints, idle dispatcher) before memory and disk are read:
+/// the count written, the preload's seconds and its CPU.
+pub(crate) async fn preload_held(
+    o: &Opts,
+    server: &procs::Proc,
+    count: u64,
+) -> Result<(u64, f64, Cpu), String> {
+    let item = api::callback(
+        NOWHERE,
+        Some(&api::rfc3339_in(Duration::from_secs(300 * 24 * 3600))),
+        api::padded_payload(o.payload_bytes),
+    );
+    let a = snapshot(server.pid);
+    let (loaded, preload_s) = api::preload(server.addr, &item, count, 1000, 4).await?;
+    let b = snapshot(server.pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok((loaded, preload_s, cpu_between(&a, &b)))
+}
+
 pub(crate) fn cpu_between(a: &Snapshot, b: &Snapshot) -> Cpu {
     let server_s = b.server.cpu_s - a.server.cpu_s;
     let bench_s = b.bench_cpu - a.bench_cpu;
@@ -395,16 +415,7 @@ pub async fn memory_scenario(o: &Opts, rep: usize) -> Result<Run, String> {
     let count = o.memory_count;
     let server = procs::start_fluxcb(&o.fluxcb_bin, &o.server_env).await?;
     let baseline = procs::sample(server.pid);
-    let item = api::callback(
-        NOWHERE,
-        Some(&api::rfc3339_in(Duration::from_secs(300 * 24 * 3600))),
-        api::padded_payload(o.payload_bytes),
-    );
-    let a = snapshot(server.pid);
-    let (loaded, preload_s) = api::preload(server.addr, &item, count, 1000, 4).await?;
-    let b = snapshot(server.pid);
-    // Let the store settle (checkpoints, idle dispatcher) before reading resident memory.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (loaded, preload_s, cpu) = preload_held(o, &server, count).await?;
     let settled = procs::sample(server.pid);
     let mut api = Api::new(server.addr);
     let scheduled = api.any_in("scheduled").await?;
@@ -419,7 +430,7 @@ pub async fn memory_scenario(o: &Opts, rep: usize) -> Result<Run, String> {
     run.items = loaded;
     run.seconds = preload_s;
     run.throughput = loaded as f64 / preload_s;
-    run.cpu = cpu_between(&a, &b);
+    run.cpu = cpu;
     run.server_rss_mb = mb(settled.rss_kb);
     run.server_peak_rss_mb = mb(settled.hwm_kb);
     run.fact("callbacks_held", loaded);
