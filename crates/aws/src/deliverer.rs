@@ -22,7 +22,7 @@ use fluxcb_delivery::secrets::SecretCache;
 use futures_util::future::join_all;
 
 use crate::queue::SqsQueue;
-use crate::store::{DynamoStore, Recorded, MAX_QUEUE_DELAY};
+use crate::store::{Admission, DynamoStore, Recorded, MAX_QUEUE_DELAY};
 
 /// One received message: its id (what a partial batch failure names) and body.
 #[derive(Clone, Debug)]
@@ -59,8 +59,10 @@ pub struct Deliverer {
     pub legacy_secret: Option<Arc<[u8]>>,
     pub policy: RetryPolicy,
     pub clock: Arc<dyn Clock>,
-    /// Per instance: each Lambda instance (or container) protects destinations on its own,
-    /// bounded overall by the event source's maximum concurrency.
+    /// Per instance: each Lambda instance (or container) keeps the circuit breaker and the
+    /// installation's limits on its own, bounded overall by the event source's maximum
+    /// concurrency. A registration's own rate and concurrency limits are kept in the table
+    /// for all workers ([`DynamoStore::admit`]).
     pub destinations: Arc<Destinations>,
     /// Registered destinations (`None`: every callback goes by its origin under the
     /// installation's settings).
@@ -85,11 +87,16 @@ impl Deliverer {
             .max(Duration::from_millis(100))
     }
 
-    /// A callback whose own timeout is longer than the lease leaves room for gets the room:
-    /// otherwise its lease could end mid-attempt, and the sweeper would hand it to another
+    /// A callback whose own timeout is longer than what is left of its lease gets what is
+    /// left: otherwise its lease could end mid-attempt, and the sweeper would hand it to another
     /// worker while this one is still sending it.
-    fn within_lease(&self, mut callback: Callback) -> Callback {
-        let budget = u32::try_from(self.attempt_budget().as_millis()).unwrap_or(u32::MAX);
+    fn within_lease(&self, mut callback: Callback, lease_until: DateTime<Utc>) -> Callback {
+        let left = (lease_until - self.clock.now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_millis(LEASE_MARGIN_MS.into()))
+            .max(Duration::from_millis(100));
+        let budget = u32::try_from(self.attempt_budget().min(left).as_millis()).unwrap_or(u32::MAX);
         if callback.timeout_ms > budget {
             tracing::debug!(callback_id = %callback.id, timeout_ms = callback.timeout_ms, budget_ms = budget, "attempt timeout cut to fit the claim's lease");
             callback.timeout_ms = budget;
@@ -156,38 +163,67 @@ impl Deliverer {
             Some(r) => r.applied_to(&callback).into_owned(),
             None => callback,
         };
-        let callback = self.within_lease(callback);
         if let (Some(routes), true) = (&self.routes, route.as_ref().is_some_and(|r| r.paused)) {
             let at = now + chrono::Duration::from_std(routes.paused_recheck()).unwrap_or_default();
-            self.store.defer(vec![(id, at)]).await?;
-            self.enqueue_retry(Due {
-                id,
-                tenant: callback.tenant.clone(),
-                at,
-            })
-            .await;
-            return Ok(Handled::Deferred);
+            return self.defer(id, &callback, at).await;
         }
-        let (key, limits) = match &route {
+        let (key, mut limits) = match &route {
             Some(r) => (r.key.clone(), r.limits.clone()),
             None => (
                 callback.destination().to_string(),
                 self.destinations.default_limits(),
             ),
         };
+        let shared = route
+            .as_ref()
+            .map(|r| r.registered_limits)
+            .filter(|l| l.is_set());
+        if shared.is_some() {
+            // The table keeps the registration's own limits for every worker; this worker's
+            // copy keeps only the breaker and the installation's bound.
+            let installation = self.destinations.default_limits();
+            limits.rate_per_second = None;
+            limits.max_in_flight = installation.max_in_flight;
+        }
         let dest = key.as_str();
         if let Err(until) = self.destinations.try_enter(dest, &limits, Instant::now()) {
             let wait = until.saturating_duration_since(Instant::now());
             let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-            self.store.defer(vec![(id, at)]).await?;
-            self.enqueue_retry(Due {
-                id,
-                tenant: callback.tenant.clone(),
-                at,
-            })
-            .await;
-            return Ok(Handled::Deferred);
+            return self.defer(id, &callback, at).await;
         }
+        let mut slot = None;
+        if let Some(shared) = shared {
+            let asked = Instant::now();
+            let admitted = self
+                .store
+                .admit(dest, shared, &id.to_string(), lease_until, self.clock.now())
+                .await;
+            match admitted {
+                Ok(Admission::Go { wait, slot: held }) => {
+                    slot = held;
+                    // The slot's time is counted from the question. An answer that came after
+                    // it goes at once: deferring it would give the slot up, and a store slower
+                    // than the rate's interval would then never let anything through.
+                    let wait = wait.saturating_sub(asked.elapsed());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Ok(Admission::Later(at)) => {
+                    self.destinations
+                        .finish(dest, Verdict::Neutral, Instant::now());
+                    return self.defer(id, &callback, at).await;
+                }
+                Err(e) => {
+                    self.destinations
+                        .finish(dest, Verdict::Neutral, Instant::now());
+                    // Leave it claimed: the lease brings it back once the table answers again.
+                    return Err(e);
+                }
+            }
+        }
+        // A wait for a rate slot comes out of the claim's lease.
+        let callback = self.within_lease(callback, lease_until);
         let secrets = match &route {
             Some(r) => r.signing_secrets(&self.secrets, &callback.tenant).await,
             None => self.secrets.get(&callback.tenant).await,
@@ -197,6 +233,9 @@ impl Deliverer {
             Err(e) => {
                 self.destinations
                     .finish(dest, Verdict::Neutral, Instant::now());
+                if let Some(slot) = slot {
+                    self.store.release_slot(slot).await;
+                }
                 // Leave it claimed: the lease brings it back once the table answers again.
                 return Err(e);
             }
@@ -216,6 +255,9 @@ impl Deliverer {
             self.clock.as_ref(),
         )
         .await;
+        if let Some(slot) = slot {
+            self.store.release_slot(slot).await;
+        }
         let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
         let change = self.destinations.finish(dest, verdict, Instant::now());
         if let Some(events) = &self.ops_events {
@@ -345,6 +387,23 @@ impl Deliverer {
                 tracing::warn!(error = %e, "could not enqueue operational events; the sweeper will");
             }
         }
+    }
+
+    /// Returns a claimed callback to waiting until `at` (no attempt counted), with its message.
+    async fn defer(
+        &self,
+        id: fluxcb_core::id::CallbackId,
+        callback: &Callback,
+        at: DateTime<Utc>,
+    ) -> Result<Handled, StoreError> {
+        self.store.defer(vec![(id, at)]).await?;
+        self.enqueue_retry(Due {
+            id,
+            tenant: callback.tenant.clone(),
+            at,
+        })
+        .await;
+        Ok(Handled::Deferred)
     }
 
     /// A retry within 15 minutes gets its own delayed message; a later one is the sweeper's.

@@ -37,6 +37,22 @@ pub struct Route {
     /// A client of the registration's own; `None`: the shared one.
     pub sender: Option<Arc<dyn Sender>>,
     pub registration: Option<DestinationId>,
+    /// The limits the registrations set themselves (not the installation's defaults): what a
+    /// backend with many workers keeps shared, so that they hold for the receiver as a whole.
+    pub registered_limits: RegisteredLimits,
+}
+
+/// A registration's own rate and concurrency limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RegisteredLimits {
+    pub rate_per_second: Option<f64>,
+    pub max_in_flight: Option<u32>,
+}
+
+impl RegisteredLimits {
+    pub fn is_set(&self) -> bool {
+        self.rate_per_second.is_some() || self.max_in_flight.is_some()
+    }
 }
 
 /// A registration's own client, with the revision it was built for.
@@ -128,6 +144,10 @@ impl DestinationRoutes {
                 .filter(|r| !r.tls.is_empty())
                 .map(|r| self.tls_sender(r)),
             registration: owner.map(|r| r.id),
+            registered_limits: RegisteredLimits {
+                rate_per_second: settings.rate_limit_per_second,
+                max_in_flight: settings.max_in_flight,
+            },
             effective,
         })
     }

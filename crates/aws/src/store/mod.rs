@@ -18,6 +18,7 @@
 //! | console session (see [`sessions`]) | `session#<sha-256 of its id>` | `session` |
 //! | statistics counters (see [`stats`]) | `stats#<tenant>#<shard>` | `m#<ms>` / `h#<ms>` |
 //! | ordering key head, waiting member (see [`ordering`]) | `okey#<tenant>#<key>` | `head` / `m#<seq>` |
+//! | a registration's shared limits (see [`limits`]) | `dlim#<sha-256 of its limits key>` | `rate` / `conc` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
@@ -34,6 +35,7 @@ mod ingest;
 mod items;
 mod latency;
 mod legacy;
+mod limits;
 mod operations;
 mod ordering;
 mod sessions;
@@ -50,6 +52,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use fluxcb_core::ports::StoreError;
 
+pub use limits::{Admission, ConcurrencySlot, RATE_HORIZON};
 pub use sweep::{SweepCandidate, SweepKind};
 pub use work::Recorded;
 

@@ -46,10 +46,20 @@ fn start_moto(binary: &std::path::Path) -> Option<String> {
         .and_then(|l| l.local_addr())
         .ok()?
         .port();
+    // Through scripts/moto_server.py where moto's own Python is beside it, as scripts/moto.sh
+    // does: plain moto_server handles DynamoDB requests concurrently and loses writes under
+    // conditioned-write races (see there).
+    let launcher =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/moto_server.py");
+    let python = binary.with_file_name("python");
+    let server = if launcher.is_file() && python.is_file() {
+        format!("{} {}", python.display(), launcher.display())
+    } else {
+        binary.display().to_string()
+    };
     let script = format!(
-        "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+        "{server} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
          while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
-        binary.display(),
         std::process::id()
     );
     Command::new("sh")
