@@ -259,7 +259,12 @@ impl Deliverer {
             self.store.release_slot(slot).await;
         }
         let verdict = Verdict::of(step.attempt.status_code, step.attempt.error, &step.decision);
+        let open_before = self.destinations.open_until(dest);
         let change = self.destinations.finish(dest, verdict, Instant::now());
+        let open_after = self.destinations.open_until(dest);
+        if open_after != open_before {
+            self.record_breaker(dest, open_after).await;
+        }
         if let Some(events) = &self.ops_events {
             events.observe(
                 dest,
@@ -386,6 +391,28 @@ impl Deliverer {
             if let Err(e) = self.queue.send_due(&due, Utc::now()).await {
                 tracing::warn!(error = %e, "could not enqueue operational events; the sweeper will");
             }
+        }
+    }
+
+    /// Records this worker's breaker of `dest` (opened, reopened or closed) in the table for
+    /// the API of every instance. Best effort: a failure is logged.
+    async fn record_breaker(&self, dest: &str, open_until: Option<Instant>) {
+        let now = Instant::now();
+        let open_until = open_until.map(|until| {
+            self.clock.now()
+                + chrono::Duration::from_std(until.saturating_duration_since(now))
+                    .unwrap_or_default()
+        });
+        let failures = self
+            .destinations
+            .health_of(dest, now)
+            .map_or(0, |h| h.consecutive_failures);
+        if let Err(e) = self
+            .store
+            .record_breaker(dest, open_until, failures, self.clock.now())
+            .await
+        {
+            tracing::warn!(destination = %dest, error = %e, "could not record the circuit breaker for the API");
         }
     }
 

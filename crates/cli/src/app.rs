@@ -74,12 +74,14 @@ pub(crate) fn with_destinations(
     })
 }
 
-/// The console's live view of the delivery engine's destinations.
-fn destination_health(
-    destinations: Arc<Destinations>,
-) -> fluxcb_http::console::DestinationHealthFn {
-    Arc::new(move || {
-        destinations
+/// The console's live view of the delivery engine's destinations in this process.
+pub(crate) struct EngineHealth(pub Arc<Destinations>);
+
+#[async_trait::async_trait]
+impl fluxcb_http::console::DestinationHealthSource for EngineHealth {
+    async fn loads(&self) -> Result<Vec<fluxcb_http::console::DestinationLoad>, StoreError> {
+        Ok(self
+            .0
             .health(std::time::Instant::now())
             .into_iter()
             .map(|d| fluxcb_http::console::DestinationLoad {
@@ -88,8 +90,14 @@ fn destination_health(
                 consecutive_failures: d.consecutive_failures,
                 circuit_open: d.circuit_open,
             })
-            .collect()
-    })
+            .collect())
+    }
+}
+
+fn destination_health(
+    destinations: Arc<Destinations>,
+) -> fluxcb_http::console::DestinationHealthFn {
+    Arc::new(EngineHealth(destinations))
 }
 
 /// The embedded store is its own queue: a notification only wakes the dispatcher early.
@@ -251,11 +259,9 @@ impl App {
                 let engine = parts.engine(settings)?;
                 let metrics = with_destinations(prometheus(), engine.destinations());
                 let legacy = parts.legacy_parts(settings).await?;
-                let state = parts.api_state(settings, Some(metrics), legacy);
-                let _ = state
-                    .console
-                    .destination_health
-                    .set(destination_health(engine.destinations()));
+                // This process's engine, and what every other worker recorded in the table.
+                let state =
+                    parts.api_state(settings, Some(metrics), legacy, Some(engine.destinations()));
                 (state, Engine::Aws(engine), generated)
             }
             #[cfg(not(feature = "aws"))]

@@ -12,7 +12,7 @@ use fluxcb_aws::queue::SqsQueue;
 use fluxcb_aws::store::{DynamoStore, StoreRetention};
 use fluxcb_aws::sweeper::Sweeper;
 use fluxcb_aws::{AwsClients, AwsResources};
-use fluxcb_core::ports::{Clock, SystemClock};
+use fluxcb_core::ports::{Clock, StoreError, SystemClock};
 use fluxcb_delivery::destinations::{DestinationLimits, Destinations};
 use fluxcb_delivery::routes::DestinationRoutes;
 use fluxcb_delivery::secrets::SecretCache;
@@ -86,13 +86,16 @@ impl AwsParts {
         Ok(generated)
     }
 
+    /// The API's state. `engine`: this process's delivery engine, whose destinations' live
+    /// state the API shows beside what every worker recorded in the table.
     pub fn api_state(
         &self,
         settings: &Settings,
         metrics: Option<fluxcb_http::MetricsRender>,
         legacy: LegacyParts,
+        engine: Option<Arc<Destinations>>,
     ) -> AppState {
-        api_state(
+        let state = api_state(
             settings,
             self.store.clone(),
             self.store.clone(),
@@ -107,7 +110,12 @@ impl AwsParts {
             legacy,
             // Sessions in the table: every API instance (each Lambda one) knows every session.
             fluxcb_http::console::ConsoleState::with_sessions(self.store.clone()),
-        )
+        );
+        let _ = state.console.destination_health.set(Arc::new(TableHealth {
+            store: self.store.clone(),
+            engine: engine.map(crate::app::EngineHealth),
+        }));
+        state
     }
 
     /// The legacy API's extras on AWS: the synchronous `send` over this store, and the legacy
@@ -230,5 +238,39 @@ impl AwsEngine {
         });
         let _ = polling.await;
         let _ = sweeping.await;
+    }
+}
+
+/// The destinations' circuit breakers as every AWS worker recorded them in the table, beside
+/// this process's own engine where one runs (whose in-flight counts are its own only).
+pub struct TableHealth {
+    store: Arc<DynamoStore>,
+    engine: Option<crate::app::EngineHealth>,
+}
+
+#[async_trait::async_trait]
+impl fluxcb_http::console::DestinationHealthSource for TableHealth {
+    async fn loads(&self) -> Result<Vec<fluxcb_http::console::DestinationLoad>, StoreError> {
+        let mut out = match &self.engine {
+            Some(engine) => engine.loads().await?,
+            None => Vec::new(),
+        };
+        for r in self.store.breakers(Utc::now()).await? {
+            match out.iter_mut().find(|l| l.destination == r.destination) {
+                Some(local) => {
+                    local.circuit_open |= r.circuit_open;
+                    local.consecutive_failures =
+                        local.consecutive_failures.max(r.consecutive_failures);
+                }
+                None => out.push(fluxcb_http::console::DestinationLoad {
+                    destination: r.destination,
+                    in_flight: 0,
+                    consecutive_failures: r.consecutive_failures,
+                    circuit_open: r.circuit_open,
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        Ok(out)
     }
 }

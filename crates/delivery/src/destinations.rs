@@ -360,6 +360,13 @@ impl Destinations {
         change
     }
 
+    /// Until when the breaker of `key` is open, as this node last decided (`None`: closed;
+    /// a time past: open, a probe may go).
+    pub fn open_until(&self, key: &str) -> Option<Instant> {
+        let states = self.states.lock().expect("destinations poisoned");
+        states.get(key).and_then(|s| s.open_until)
+    }
+
     /// The live state of one destination (`None`: nothing to report).
     pub fn health_of(&self, key: &str, now: Instant) -> Option<DestinationHealth> {
         let states = self.states.lock().expect("destinations poisoned");

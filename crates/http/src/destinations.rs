@@ -15,6 +15,7 @@ use fluxcb_core::tenant::Scope;
 
 use crate::admin::target_tenant;
 use crate::auth::Caller;
+use crate::console::DestinationLoad;
 use crate::dto::rfc3339;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonBody;
@@ -38,18 +39,30 @@ pub fn router() -> Router<AppState> {
         .route("/v1/destinations/{id}/rotate-secret", post(rotate_secret))
 }
 
+/// The destinations' live state, where this process can read it (none: `health` is left out).
+async fn loads(state: &AppState) -> Vec<DestinationLoad> {
+    let Some(source) = state.console.destination_health.get() else {
+        return Vec::new();
+    };
+    match source.loads().await {
+        Ok(loads) => loads,
+        Err(e) => {
+            // The registrations are still worth showing without it.
+            tracing::warn!(error = %e, "destination health unavailable");
+            Vec::new()
+        }
+    }
+}
+
 fn view(
     state: &AppState,
+    loads: &[DestinationLoad],
     r: &RegisteredDestination,
     secret: Option<String>,
 ) -> RegisteredDestinationView {
-    let health = r.limits_key().and_then(|key| {
-        state
-            .console
-            .destination_health
-            .get()
-            .and_then(|read| read().into_iter().find(|d| d.destination == key))
-    });
+    let health = r
+        .limits_key()
+        .and_then(|key| loads.iter().find(|d| d.destination == key).cloned());
     RegisteredDestinationView {
         id: r.id.to_string(),
         tenant: r.tenant.to_string(),
@@ -116,7 +129,10 @@ pub async fn list(
         .list_destinations(&tenant)
         .await?;
     Ok(Json(DestinationList {
-        data: regs.iter().map(|r| view(&state, r, None)).collect(),
+        data: {
+            let loads = loads(&state).await;
+            regs.iter().map(|r| view(&state, &loads, r, None)).collect()
+        },
     }))
 }
 
@@ -159,7 +175,12 @@ pub async fn create(
     tracing::info!(destination = %r.id, tenant = %tenant, actor = caller.actor(), "destination registered");
     Ok((
         StatusCode::CREATED,
-        Json(view(&state, &r, Some(secret.expose()))),
+        Json(view(
+            &state,
+            &loads(&state).await,
+            &r,
+            Some(secret.expose()),
+        )),
     ))
 }
 
@@ -173,7 +194,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<RegisteredDestinationView>, ApiError> {
     let r = visible(&state, &caller, &id).await?;
-    Ok(Json(view(&state, &r, None)))
+    Ok(Json(view(&state, &loads(&state).await, &r, None)))
 }
 
 /// Reads, changes and writes back a registration, again if another change came between.
@@ -266,7 +287,7 @@ pub async fn update(
         Ok(())
     })
     .await?;
-    Ok(Json(view(&state, &r, None)))
+    Ok(Json(view(&state, &loads(&state).await, &r, None)))
 }
 
 #[utoipa::path(delete, path = "/v1/destinations/{id}", tag = "destinations",
@@ -299,7 +320,7 @@ async fn set_paused(
     })
     .await?;
     tracing::info!(destination = %r.id, tenant = %r.tenant, paused, actor = caller.actor(), "destination paused or resumed");
-    Ok(Json(view(&state, &r, None)))
+    Ok(Json(view(&state, &loads(&state).await, &r, None)))
 }
 
 /// Callbacks to a paused destination wait (no attempt is counted) until it is resumed.
@@ -343,5 +364,10 @@ pub async fn rotate_secret(
     let now = state.clock.now();
     let (r, secret) = modify(&state, &caller, &id, |r| Ok(r.rotate_secret(now, grace))).await?;
     tracing::info!(destination = %r.id, tenant = %r.tenant, actor = caller.actor(), "destination signing secret rotated");
-    Ok(Json(view(&state, &r, Some(secret.expose()))))
+    Ok(Json(view(
+        &state,
+        &loads(&state).await,
+        &r,
+        Some(secret.expose()),
+    )))
 }

@@ -269,7 +269,7 @@ pub async fn destinations(
             destinations: Vec::new(),
         }));
     };
-    let mut loads = read();
+    let mut loads = read.loads().await?;
     if let Scope::Tenant(_) = caller.scope() {
         // Destinations are shared; a tenant sees the ones it sent to in the last day.
         let hosts: BTreeSet<String> = match window_stats(&state, &caller, "1d", None).await {

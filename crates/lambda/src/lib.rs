@@ -106,11 +106,13 @@ pub fn api_router(
     parts: &AwsParts,
     legacy: fluxcb::app::LegacyParts,
 ) -> axum::Router {
-    fluxcb::telemetry::trace_requests(fluxcb_http::router(parts.api_state(settings, None, legacy)))
-        .layer(axum::middleware::map_response(
-            |response: axum::response::Response| async move {
-                end_invocation().await;
-                response
-            },
-        ))
+    fluxcb::telemetry::trace_requests(fluxcb_http::router(
+        parts.api_state(settings, None, legacy, None),
+    ))
+    .layer(axum::middleware::map_response(
+        |response: axum::response::Response| async move {
+            end_invocation().await;
+            response
+        },
+    ))
 }

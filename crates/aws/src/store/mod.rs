@@ -19,6 +19,7 @@
 //! | statistics counters (see [`stats`]) | `stats#<tenant>#<shard>` | `m#<ms>` / `h#<ms>` |
 //! | ordering key head, waiting member (see [`ordering`]) | `okey#<tenant>#<key>` | `head` / `m#<seq>` |
 //! | a registration's shared limits (see [`limits`]) | `dlim#<sha-256 of its limits key>` | `rate` / `conc` |
+//! | a destination's circuit breaker as last recorded (see [`breakers`]) | `breakers` | `<sha-256 of its key>` |
 //!
 //! Indexes: `due` (`due_pk` = one of [`DUE_SHARDS`] shards, `due_sk` = `<ms>#<id>`) holds
 //! every callback that waits (due time) or is in flight (lease end), so the sweeper finds what
@@ -27,6 +28,7 @@
 //! `legacy_id`, sparse: callbacks with a legacy id only) serves the legacy API's listing, newest
 //! legacy id first, with its total count.
 mod admin;
+mod breakers;
 mod callbacks;
 mod destinations;
 mod handback;
@@ -52,6 +54,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use fluxcb_core::ports::StoreError;
 
+pub use breakers::BreakerRecord;
 pub use limits::{Admission, ConcurrencySlot, RATE_HORIZON};
 pub use sweep::{SweepCandidate, SweepKind};
 pub use work::Recorded;

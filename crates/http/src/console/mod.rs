@@ -48,9 +48,16 @@ pub struct DestinationLoad {
     pub circuit_open: bool,
 }
 
-/// Reads the delivery engine's per-destination state (set by the composition root where an
-/// engine runs in the same process; Lambda's API function has none).
-pub type DestinationHealthFn = Arc<dyn Fn() -> Vec<DestinationLoad> + Send + Sync>;
+/// Where the destinations' live state is read: the delivery engine in this process, the
+/// table the AWS workers record their circuit breakers in, or both (set by the composition
+/// root).
+#[async_trait::async_trait]
+pub trait DestinationHealthSource: Send + Sync {
+    /// The destinations with something to report.
+    async fn loads(&self) -> Result<Vec<DestinationLoad>, fluxcb_core::ports::StoreError>;
+}
+
+pub type DestinationHealthFn = Arc<dyn DestinationHealthSource>;
 
 /// What the console keeps per process (its sessions live where the composition root says).
 #[derive(Default)]
