@@ -38,11 +38,15 @@ use crate::AppState;
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// One destination as this process's delivery engine sees it right now.
+/// One destination as the delivery engine sees it right now (on AWS: its circuit breaker as
+/// the workers last recorded it, beside the answering process's own engine where one runs).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DestinationLoad {
-    /// `scheme://host:port`.
+    /// The key its limits and breaker are kept under: `<tenant> <origin or prefix>` for a
+    /// registration, `scheme://host:port` otherwise.
     pub destination: String,
+    /// Requests on the wire from the answering process (0 on Lambda's API function, which
+    /// sends none).
     pub in_flight: usize,
     pub consecutive_failures: u32,
     pub circuit_open: bool,
