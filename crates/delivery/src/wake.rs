@@ -54,13 +54,19 @@ impl DispatcherWake {
         self.notify.notify_one();
     }
 
-    /// Resolves when work is reported due before `until` (on the loop's clock). Reports of
-    /// later work are dropped: the loop looks at the store at `until` anyway. Cancel-safe.
+    /// Resolves when work is reported due before `until` (on the loop's clock), or due
+    /// already. Reports of later work are dropped: the loop looks at the store at `until`
+    /// anyway. Cancel-safe.
     pub(crate) async fn work_before(&self, until: DateTime<Utc>) {
         let until = until.timestamp_millis();
         loop {
             self.notify.notified().await;
-            if self.pending_ms.swap(NOTHING, Ordering::SeqCst) < until {
+            // Work due by now wakes even when `until` has passed: the loop's timer fires a
+            // millisecond or two after it, and a callback accepted in between would wait for
+            // that timer (with a busy destination's turns coming due every few milliseconds,
+            // `until` is often that close: the healthy destination's p99 doubled).
+            let limit = until.max(Utc::now().timestamp_millis() + 1);
+            if self.pending_ms.swap(NOTHING, Ordering::SeqCst) < limit {
                 return;
             }
         }
@@ -100,6 +106,20 @@ mod tests {
 
         wake.work_due(std::iter::empty());
         assert!(!woken(&wake, in_ms(500)).await);
+    }
+
+    #[tokio::test]
+    async fn work_due_already_wakes_a_loop_whose_sleep_should_have_ended() {
+        let wake = DispatcherWake::default();
+        // The loop's timer is late: its planned end has passed and work due now comes in.
+        wake.work_due([in_ms(0)]);
+        assert!(
+            woken(&wake, in_ms(-5)).await,
+            "a callback due now waited for a late timer"
+        );
+        // Work due later than both the sleep's end and now still does not.
+        wake.work_due([in_ms(60_000)]);
+        assert!(!woken(&wake, in_ms(-5)).await);
     }
 
     #[tokio::test]
