@@ -87,16 +87,16 @@ impl Deliverer {
             .max(Duration::from_millis(100))
     }
 
-    /// A callback whose own timeout is longer than what is left of its lease gets what is
-    /// left: otherwise its lease could end mid-attempt, and the sweeper would hand it to another
-    /// worker while this one is still sending it.
-    fn within_lease(&self, mut callback: Callback, lease_until: DateTime<Utc>) -> Callback {
-        let left = (lease_until - self.clock.now())
-            .to_std()
-            .unwrap_or_default()
-            .saturating_sub(Duration::from_millis(LEASE_MARGIN_MS.into()))
+    /// A callback whose own timeout is longer than the lease leaves room for gets the room
+    /// (less `waited`, the time it waited for a rate slot since its claim): otherwise its lease
+    /// could end mid-attempt, and the sweeper would hand it to another worker while this one is
+    /// still sending it.
+    fn within_lease(&self, mut callback: Callback, waited: Duration) -> Callback {
+        let budget = self
+            .attempt_budget()
+            .saturating_sub(waited)
             .max(Duration::from_millis(100));
-        let budget = u32::try_from(self.attempt_budget().min(left).as_millis()).unwrap_or(u32::MAX);
+        let budget = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
         if callback.timeout_ms > budget {
             tracing::debug!(callback_id = %callback.id, timeout_ms = callback.timeout_ms, budget_ms = budget, "attempt timeout cut to fit the claim's lease");
             callback.timeout_ms = budget;
@@ -192,6 +192,7 @@ impl Deliverer {
             return self.defer(id, &callback, at).await;
         }
         let mut slot = None;
+        let mut waited = Duration::ZERO;
         if let Some(shared) = shared {
             let asked = Instant::now();
             let admitted = self
@@ -208,6 +209,7 @@ impl Deliverer {
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
+                    waited = asked.elapsed();
                 }
                 Ok(Admission::Later(at)) => {
                     self.destinations
@@ -223,7 +225,7 @@ impl Deliverer {
             }
         }
         // A wait for a rate slot comes out of the claim's lease.
-        let callback = self.within_lease(callback, lease_until);
+        let callback = self.within_lease(callback, waited);
         let secrets = match &route {
             Some(r) => r.signing_secrets(&self.secrets, &callback.tenant).await,
             None => self.secrets.get(&callback.tenant).await,
